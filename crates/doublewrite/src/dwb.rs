@@ -1,0 +1,917 @@
+//! The double-write buffer: a fixed-size file holding checksummed copies of WAL records.
+//!
+//! ```text
+//! file   = header block | ring
+//! header = one block (block_size bytes), written once at creation:
+//!   offset size field
+//!        0    4 magic              b"DBLW"
+//!        4    2 format_version     1
+//!        6    2 reserved           0
+//!        8    4 block_size_bytes   direct-I/O alignment detected at creation (>= 512)
+//!       12    4 slot_stride_bytes  round_up(FRAME_PREFIX_SIZE + max_record_bytes, block)
+//!       16    4 capacity           slots: the ring holds at least this many max-size records
+//!       20    4 max_record_bytes   largest record (header + payload) a slot holds
+//!       24    4 crc32c             CRC-32C of bytes 0..24
+//!       28    …  zeros to the end of the block
+//! ring   = capacity × slot_stride bytes of frames. A flush writes its frames back to back
+//!          starting on a block boundary (wrapping to the ring start when they do not fit
+//!          before its end); the next flush starts on the next block boundary.
+//! frame  = prefix | record (byte-exact copy of the WAL record)
+//!   offset size field
+//!        0    4 magic              b"DWFR"
+//!        4    4 record_len         bytes of the record that follows
+//!        8    8 seq                grows by one with every frame written, across reopens
+//!       16    4 reserved           0
+//!       20    4 crc32c             CRC-32C of bytes 0..20
+//! ```
+//!
+//! A copy is returned only if its prefix CRC and its record CRC both verify; among valid
+//! copies of one LSN the highest `seq` wins. Opening reads the ring once, sequentially,
+//! and keeps an LSN → frame index, so lookups read one frame.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::align::{round_down, round_up, AlignedBuf, DEFAULT_ALIGNMENT};
+use crate::error::{Error, Result};
+use crate::io::{self, FileKind, OpenOptions, StdVfs, Vfs, VfsFile};
+use crate::record::{self, check_encoded, read_u32, read_u64, WalRecord, HEADER_SIZE};
+
+/// `b"DBLW"`: first bytes of a DWB file.
+pub const DWB_MAGIC: [u8; 4] = *b"DBLW";
+/// `b"DWFR"`: first bytes of every frame.
+pub const FRAME_MAGIC: [u8; 4] = *b"DWFR";
+pub const DWB_FORMAT_VERSION: u16 = 1;
+/// Size of the checksummed prefix in front of every record copy.
+pub const FRAME_PREFIX_SIZE: usize = 24;
+/// Bytes of the file header that carry fields (the rest of its block is zeros).
+const HEADER_FIELDS_SIZE: usize = 28;
+pub const DEFAULT_CAPACITY: u32 = 64;
+pub const DEFAULT_MAX_RECORD_BYTES: u32 = 64 * 1024;
+/// Largest capacity accepted, so a typo cannot ask for a terabyte file.
+pub const MAX_CAPACITY: u32 = 1 << 16;
+/// Size of the reads that scan the ring at open.
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+const _: () = assert!(FRAME_PREFIX_SIZE % 8 == 0);
+const _: () = assert!(HEADER_FIELDS_SIZE <= 512, "the DWB header must fit in one sector");
+
+static DWB_BYTES_WRITTEN_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes written to DWB files by this process (all buffers, all threads): what the device
+/// was asked to write, padding included in direct mode, header and preallocation included.
+pub fn dwb_bytes_written_total() -> u64 {
+    DWB_BYTES_WRITTEN_TOTAL.load(Ordering::Relaxed)
+}
+
+fn count_written(bytes: usize) {
+    DWB_BYTES_WRITTEN_TOTAL.fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
+/// How the DWB file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DwbMode {
+    /// No double-write buffer. Opening one in this mode is an error.
+    Off,
+    /// Through the page cache, made durable with fdatasync.
+    Buffered,
+    /// Bypassing the page cache (O_DIRECT on Linux, F_NOCACHE on macOS); aligned writes
+    /// of the blocks that hold data, zero-padded. Elsewhere: an error, never a fallback.
+    Direct,
+}
+
+impl DwbMode {
+    /// The mode that matches a parent WAL: direct if it uses direct I/O, else buffered.
+    pub fn default_for_parent(parent_uses_direct_io: bool) -> DwbMode {
+        if parent_uses_direct_io {
+            DwbMode::Direct
+        } else {
+            DwbMode::Buffered
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DwbMode::Off => "off",
+            DwbMode::Buffered => "buffered",
+            DwbMode::Direct => "direct",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DwbMode> {
+        match text {
+            "off" => Some(DwbMode::Off),
+            "buffered" => Some(DwbMode::Buffered),
+            "direct" => Some(DwbMode::Direct),
+            _ => None,
+        }
+    }
+}
+
+/// Options for [`DoubleWriteBuffer::open`]. Capacity and record size apply when the file
+/// is created; on an existing file they must match its geometry or be `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DwbOptions {
+    pub mode: DwbMode,
+    pub capacity: Option<u32>,
+    pub max_record_bytes: Option<u32>,
+}
+
+impl DwbOptions {
+    pub fn new(mode: DwbMode) -> DwbOptions {
+        DwbOptions {
+            mode,
+            capacity: None,
+            max_record_bytes: None,
+        }
+    }
+}
+
+/// The outcome of staging a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a skipped record is not protected"]
+pub enum DwbMirror {
+    /// The copy is staged and will be durable after the next flush.
+    Mirrored,
+    /// The record is larger than a slot; it has no copy (and is counted).
+    Skipped(SkipReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    TooLarge { size_bytes: u64, max_bytes: u64 },
+}
+
+/// The fixed layout of a DWB file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub block_size_bytes: u32,
+    pub slot_stride_bytes: u32,
+    pub capacity: u32,
+    pub max_record_bytes: u32,
+}
+
+impl Geometry {
+    fn new(block_size_bytes: u32, capacity: u32, max_record_bytes: u32) -> Geometry {
+        let stride = round_up(
+            (FRAME_PREFIX_SIZE as u64) + u64::from(max_record_bytes),
+            u64::from(block_size_bytes),
+        );
+        Geometry {
+            block_size_bytes,
+            slot_stride_bytes: stride as u32,
+            capacity,
+            max_record_bytes,
+        }
+    }
+    /// Offset of the ring: the header takes the first block.
+    pub fn ring_offset_bytes(&self) -> u64 {
+        u64::from(self.block_size_bytes)
+    }
+    pub fn ring_bytes(&self) -> u64 {
+        u64::from(self.capacity) * u64::from(self.slot_stride_bytes)
+    }
+    pub fn file_bytes(&self) -> u64 {
+        self.ring_offset_bytes() + self.ring_bytes()
+    }
+    /// Offset of slot `index`: where a max-size record written alone would start.
+    pub fn slot_offset_bytes(&self, index: u32) -> u64 {
+        self.ring_offset_bytes() + u64::from(index % self.capacity) * u64::from(self.slot_stride_bytes)
+    }
+
+    fn encode(&self) -> [u8; HEADER_FIELDS_SIZE] {
+        let mut out = [0u8; HEADER_FIELDS_SIZE];
+        out[0..4].copy_from_slice(&DWB_MAGIC);
+        out[4..6].copy_from_slice(&DWB_FORMAT_VERSION.to_le_bytes());
+        out[8..12].copy_from_slice(&self.block_size_bytes.to_le_bytes());
+        out[12..16].copy_from_slice(&self.slot_stride_bytes.to_le_bytes());
+        out[16..20].copy_from_slice(&self.capacity.to_le_bytes());
+        out[20..24].copy_from_slice(&self.max_record_bytes.to_le_bytes());
+        let crc = crc32c::crc32c(&out[..24]);
+        out[24..28].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> std::result::Result<Geometry, String> {
+        if bytes.len() < HEADER_FIELDS_SIZE {
+            return Err(format!("file is {} bytes, shorter than a header", bytes.len()));
+        }
+        if bytes[0..4] != DWB_MAGIC {
+            return Err(format!(
+                "magic is {:02x?}, expected {DWB_MAGIC:02x?} (\"DBLW\"): not a double-write buffer",
+                &bytes[0..4]
+            ));
+        }
+        let stored_crc = read_u32(bytes, 24);
+        let actual_crc = crc32c::crc32c(&bytes[..24]);
+        if stored_crc != actual_crc {
+            return Err(format!(
+                "header checksum mismatch (stored {stored_crc:#010x}, computed {actual_crc:#010x})"
+            ));
+        }
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        if version != DWB_FORMAT_VERSION {
+            return Err(format!(
+                "format version {version} is not supported (this build reads {DWB_FORMAT_VERSION})"
+            ));
+        }
+        let geometry = Geometry {
+            block_size_bytes: read_u32(bytes, 8),
+            slot_stride_bytes: read_u32(bytes, 12),
+            capacity: read_u32(bytes, 16),
+            max_record_bytes: read_u32(bytes, 20),
+        };
+        let expected = Geometry::new(
+            geometry.block_size_bytes,
+            geometry.capacity,
+            geometry.max_record_bytes,
+        );
+        let sane = geometry.block_size_bytes.is_power_of_two()
+            && geometry.block_size_bytes >= 512
+            && (1..=MAX_CAPACITY).contains(&geometry.capacity)
+            && (HEADER_SIZE as u32..=record::MAX_PAYLOAD_BYTES).contains(&geometry.max_record_bytes)
+            && expected == geometry;
+        if !sane {
+            return Err(format!("header holds an impossible geometry {geometry:?}"));
+        }
+        Ok(geometry)
+    }
+}
+
+/// One indexed copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FrameRef {
+    seq: u64,
+    ring_pos: u64,
+    record_len: u32,
+}
+
+/// Copies staged since the last flush, laid out as frames with blank prefixes.
+#[derive(Debug)]
+struct Staging {
+    frames: AlignedBuf,
+    /// (LSN, offset of the frame in `frames`, record length)
+    entries: Vec<(u64, usize, u32)>,
+}
+
+/// Everything that touches the file, behind one lock.
+struct Ring {
+    file: Box<dyn VfsFile>,
+    /// Ring-relative offset where the next flush starts (block-aligned).
+    write_pos: u64,
+    next_seq: u64,
+    by_lsn: HashMap<u64, Vec<FrameRef>>,
+    /// Ring position → LSN, to drop index entries a flush overwrites.
+    by_pos: BTreeMap<u64, u64>,
+}
+
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("write_pos", &self.write_pos)
+            .field("next_seq", &self.next_seq)
+            .field("indexed_lsns", &self.by_lsn.len())
+            .finish()
+    }
+}
+
+/// A double-write buffer. All methods take `&self`: staging a copy never waits for a
+/// flush in progress on another thread, and flushes and lookups are serialized.
+#[derive(Debug)]
+pub struct DoubleWriteBuffer {
+    path: PathBuf,
+    mode: DwbMode,
+    geometry: Geometry,
+    staging: Mutex<Staging>,
+    ring: Mutex<Ring>,
+    skipped_records: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+impl DoubleWriteBuffer {
+    /// Opens or creates the DWB at `path` on the real file system.
+    pub fn open(path: impl AsRef<Path>, options: DwbOptions) -> Result<DoubleWriteBuffer> {
+        DoubleWriteBuffer::open_with(Arc::new(StdVfs), path.as_ref(), options)
+    }
+
+    /// Opens or creates the DWB at `path` on `vfs`.
+    ///
+    /// # Errors
+    /// [`Error::DwbOff`] for mode `Off`; [`Error::DwbCorrupt`] when the file is not a DWB
+    /// or its header is damaged (damaged *frames* are not an error: they are empty slots);
+    /// [`Error::DwbGeometryMismatch`] when options contradict the file;
+    /// [`Error::DirectIoUnsupported`]; [`Error::WrongFileKind`] for a directory.
+    pub fn open_with(
+        vfs: Arc<dyn Vfs>,
+        path: &Path,
+        options: DwbOptions,
+    ) -> Result<DoubleWriteBuffer> {
+        if options.mode == DwbMode::Off {
+            return Err(Error::DwbOff);
+        }
+        check_options(&options)?;
+        let kind = vfs
+            .kind(path)
+            .map_err(|e| Error::io("inspect", path, e))?;
+        match kind {
+            Some(FileKind::Directory) | Some(FileKind::Other) => {
+                return Err(Error::WrongFileKind {
+                    path: path.to_path_buf(),
+                    detail: "is a directory (or not a regular file); give the path of a .dwb file",
+                })
+            }
+            None => create_file(vfs.as_ref(), path, &options)?,
+            Some(FileKind::File) => {}
+        }
+        let direct = options.mode == DwbMode::Direct;
+        let file = vfs
+            .open(path, OpenOptions::read_write().with_direct(direct))
+            .map_err(|e| open_error(path, e))?;
+        let geometry = read_geometry(file.as_ref(), path, direct)?;
+        check_geometry_matches(path, &geometry, &options)?;
+        if direct {
+            let alignment = file.direct_io_alignment().unwrap_or(DEFAULT_ALIGNMENT);
+            if geometry.block_size_bytes as usize % alignment != 0 {
+                return Err(Error::DirectIoUnsupported {
+                    path: path.to_path_buf(),
+                    detail: format!(
+                        "the file uses {}-byte blocks but direct I/O here needs {alignment}-byte alignment",
+                        geometry.block_size_bytes
+                    ),
+                });
+            }
+        }
+        let len = file.len().map_err(|e| Error::io("measure", path, e))?;
+        if len < geometry.file_bytes() {
+            return Err(Error::DwbCorrupt {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "file is {len} bytes but its geometry needs {}",
+                    geometry.file_bytes()
+                ),
+            });
+        }
+        let ring = scan_ring(file, path, &geometry, direct)?;
+        Ok(DoubleWriteBuffer {
+            path: path.to_path_buf(),
+            mode: options.mode,
+            geometry,
+            staging: Mutex::new(Staging {
+                frames: AlignedBuf::new(
+                    geometry.block_size_bytes as usize * 4,
+                    geometry.block_size_bytes as usize,
+                ),
+                entries: Vec::new(),
+            }),
+            ring: Mutex::new(ring),
+            skipped_records: AtomicU64::new(0),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn mode(&self) -> DwbMode {
+        self.mode
+    }
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+    pub fn capacity(&self) -> u32 {
+        self.geometry.capacity
+    }
+    pub fn max_record_bytes(&self) -> u32 {
+        self.geometry.max_record_bytes
+    }
+    pub fn slot_stride(&self) -> u32 {
+        self.geometry.slot_stride_bytes
+    }
+    /// Records refused because they are larger than a slot.
+    pub fn skipped_records(&self) -> u64 {
+        self.skipped_records.load(Ordering::Relaxed)
+    }
+    /// Number of copies staged and not yet flushed.
+    pub fn pending_records(&self) -> usize {
+        lock(&self.staging).entries.len()
+    }
+
+    /// Stages a copy of `record`; it is durable after the next [`flush`](Self::flush).
+    pub fn write_record_deferred(&self, record: &WalRecord) -> Result<DwbMirror> {
+        record.verify_checksum()?;
+        let mut encoded = Vec::with_capacity(record.encoded_len());
+        record.encode_into(&mut encoded);
+        self.stage(&encoded, record.lsn())
+    }
+
+    /// Stages a copy of an encoded record after verifying it (a copy of garbage would
+    /// protect nothing).
+    pub fn write_encoded_deferred(&self, encoded: &[u8]) -> Result<DwbMirror> {
+        let (header, _) = check_encoded(encoded)?;
+        if header.record_len() != encoded.len() {
+            return Err(record::RecordError::TrailingBytes {
+                extra_bytes: (encoded.len() - header.record_len()) as u64,
+            }
+            .into());
+        }
+        self.stage(encoded, header.lsn)
+    }
+
+    fn stage(&self, encoded: &[u8], lsn: u64) -> Result<DwbMirror> {
+        let max = self.geometry.max_record_bytes as usize;
+        if encoded.len() > max {
+            self.skipped_records.fetch_add(1, Ordering::Relaxed);
+            return Ok(DwbMirror::Skipped(SkipReason::TooLarge {
+                size_bytes: encoded.len() as u64,
+                max_bytes: max as u64,
+            }));
+        }
+        let frame_len = FRAME_PREFIX_SIZE + encoded.len();
+        let mut staging = lock(&self.staging);
+        if (staging.frames.len() + frame_len) as u64 > self.geometry.ring_bytes() {
+            // The staged frames would not fit in the ring: make the earlier ones durable
+            // first rather than let this flush overwrite its own copies.
+            drop(staging);
+            self.flush()?;
+            staging = lock(&self.staging);
+        }
+        let at = staging.frames.len();
+        staging.frames.resize_zeroed(at + FRAME_PREFIX_SIZE);
+        staging.frames.extend_from_slice(encoded);
+        staging.entries.push((lsn, at, encoded.len() as u32));
+        Ok(DwbMirror::Mirrored)
+    }
+
+    /// Stages and flushes one copy.
+    pub fn write_record(&self, record: &WalRecord) -> Result<DwbMirror> {
+        let outcome = self.write_record_deferred(record)?;
+        self.flush()?;
+        Ok(outcome)
+    }
+
+    /// Writes every staged copy in one write and makes it durable with one fdatasync.
+    /// Does nothing when nothing is staged. On failure the copies stay staged, so a
+    /// retry writes them again; the old ones may be partly overwritten.
+    pub fn flush(&self) -> Result<()> {
+        let mut ring = lock(&self.ring);
+        let (mut frames, entries) = {
+            let mut staging = lock(&self.staging);
+            if staging.entries.is_empty() {
+                return Ok(());
+            }
+            let block = self.geometry.block_size_bytes as usize;
+            let taken = std::mem::replace(&mut staging.frames, AlignedBuf::new(block * 4, block));
+            (taken, std::mem::take(&mut staging.entries))
+        };
+        match self.flush_frames(&mut ring, &mut frames, &entries) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Put the copies back in front of anything staged meanwhile.
+                let mut staging = lock(&self.staging);
+                let later_frames = std::mem::replace(&mut staging.frames, frames);
+                let offset = staging.frames.len();
+                staging.frames.extend_from_slice(later_frames.as_slice());
+                let later_entries = std::mem::replace(&mut staging.entries, entries);
+                staging
+                    .entries
+                    .extend(later_entries.into_iter().map(|(lsn, at, len)| (lsn, at + offset, len)));
+                Err(e)
+            }
+        }
+    }
+
+    fn flush_frames(
+        &self,
+        ring: &mut Ring,
+        frames: &mut AlignedBuf,
+        entries: &[(u64, usize, u32)],
+    ) -> Result<()> {
+        let block = u64::from(self.geometry.block_size_bytes);
+        let ring_bytes = self.geometry.ring_bytes();
+        let len = frames.len() as u64;
+        debug_assert!(len <= ring_bytes, "staging keeps a flush within the ring");
+        let mut start = ring.write_pos;
+        if start + len > ring_bytes {
+            start = 0;
+        }
+        let first_seq = ring.next_seq;
+        for (i, &(_, at, record_len)) in entries.iter().enumerate() {
+            let prefix = encode_frame_prefix(record_len, first_seq + i as u64);
+            frames.as_mut_slice()[at..at + FRAME_PREFIX_SIZE].copy_from_slice(&prefix);
+        }
+        ring.next_seq += entries.len() as u64;
+        let offset = self.geometry.ring_offset_bytes() + start;
+        let span: &[u8] = match self.mode {
+            DwbMode::Direct => frames.padded_slice(),
+            _ => frames.as_slice(),
+        };
+        let written = span.len();
+        io::write_all_at(ring.file.as_ref(), span, offset)
+            .map_err(|e| Error::io("write double-write buffer", &self.path, e))?;
+        count_written(written);
+        ring.file
+            .sync_data()
+            .map_err(|e| Error::io("sync double-write buffer", &self.path, e))?;
+        // The written span replaced whatever frames were there.
+        let end = start + round_up(len, block);
+        evict(ring, start, end, u64::from(self.geometry.max_record_bytes));
+        for (i, &(lsn, at, record_len)) in entries.iter().enumerate() {
+            let frame = FrameRef {
+                seq: first_seq + i as u64,
+                ring_pos: start + at as u64,
+                record_len,
+            };
+            ring.by_pos.insert(frame.ring_pos, lsn);
+            ring.by_lsn.entry(lsn).or_default().push(frame);
+        }
+        ring.write_pos = if end >= ring_bytes { 0 } else { end };
+        Ok(())
+    }
+
+    /// The newest valid copy of `lsn`, or `None`.
+    pub fn recover_record(&self, lsn: u64) -> Result<Option<WalRecord>> {
+        Ok(self
+            .recover_encoded(lsn)?
+            .map(|bytes| WalRecord::decode(&bytes).expect("verified by recover_encoded")))
+    }
+
+    /// The bytes of the newest valid copy of `lsn`, verified, or `None`.
+    pub fn recover_encoded(&self, lsn: u64) -> Result<Option<Vec<u8>>> {
+        let ring = lock(&self.ring);
+        let Some(candidates) = ring.by_lsn.get(&lsn) else {
+            return Ok(None);
+        };
+        let mut candidates = candidates.clone();
+        candidates.sort_by(|a, b| b.seq.cmp(&a.seq));
+        for frame in candidates {
+            let bytes = self.read_frame(ring.file.as_ref(), frame)?;
+            if let Some(record) = bytes {
+                if let Ok((header, _)) = check_encoded(&record) {
+                    if header.lsn == lsn && header.record_len() == record.len() {
+                        return Ok(Some(record));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads a frame and returns its record bytes if the prefix still matches.
+    fn read_frame(&self, file: &dyn VfsFile, frame: FrameRef) -> Result<Option<Vec<u8>>> {
+        let frame_len = FRAME_PREFIX_SIZE as u64 + u64::from(frame.record_len);
+        let at = self.geometry.ring_offset_bytes() + frame.ring_pos;
+        let bytes = read_span(
+            file,
+            &self.path,
+            at,
+            frame_len as usize,
+            self.mode == DwbMode::Direct,
+            self.geometry.block_size_bytes as usize,
+        )?;
+        match parse_frame_prefix(&bytes, self.geometry.max_record_bytes) {
+            Some((record_len, seq)) if seq == frame.seq && record_len == frame.record_len => {
+                Ok(Some(bytes[FRAME_PREFIX_SIZE..].to_vec()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The LSNs that have an indexed copy (valid prefix when last seen).
+    pub fn indexed_lsns(&self) -> Vec<u64> {
+        let mut lsns: Vec<u64> = lock(&self.ring).by_lsn.keys().copied().collect();
+        lsns.sort_unstable();
+        lsns
+    }
+
+    /// Every frame found in the ring, newest last: (LSN, seq, ring offset, record length).
+    pub fn frames(&self) -> Vec<(u64, u64, u64, u32)> {
+        let ring = lock(&self.ring);
+        let mut out: Vec<(u64, u64, u64, u32)> = ring
+            .by_lsn
+            .iter()
+            .flat_map(|(lsn, frames)| {
+                frames
+                    .iter()
+                    .map(move |f| (*lsn, f.seq, f.ring_pos, f.record_len))
+            })
+            .collect();
+        out.sort_by_key(|f| f.1);
+        out
+    }
+}
+
+fn check_options(options: &DwbOptions) -> Result<()> {
+    if let Some(capacity) = options.capacity {
+        if !(1..=MAX_CAPACITY).contains(&capacity) {
+            return Err(Error::InvalidOptions {
+                detail: format!("capacity {capacity} is outside 1..={MAX_CAPACITY}"),
+            });
+        }
+    }
+    if let Some(max) = options.max_record_bytes {
+        if !(HEADER_SIZE as u32..=record::MAX_PAYLOAD_BYTES).contains(&max) {
+            return Err(Error::InvalidOptions {
+                detail: format!(
+                    "maxRecordSize {max} is outside {HEADER_SIZE}..={} bytes",
+                    record::MAX_PAYLOAD_BYTES
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn open_error(path: &Path, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::Unsupported {
+        return Error::DirectIoUnsupported {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        };
+    }
+    Error::io("open double-write buffer", path, e)
+}
+
+/// Creates the file under a temporary name, fills it completely (so later flushes only
+/// overwrite allocated blocks and fdatasync has no metadata to commit), makes it durable
+/// and renames it into place, then syncs the directory: the DWB exists whole or not at all.
+fn create_file(vfs: &dyn Vfs, path: &Path, options: &DwbOptions) -> Result<()> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    if vfs.kind(&tmp).ok().flatten().is_some() {
+        vfs.remove_file(&tmp)
+            .map_err(|e| Error::io("remove stale", &tmp, e))?;
+    }
+    let file = vfs
+        .open(&tmp, OpenOptions::create_new())
+        .map_err(|e| Error::io("create double-write buffer", &tmp, e))?;
+    let alignment = file.direct_io_alignment().unwrap_or(DEFAULT_ALIGNMENT);
+    let block = alignment.max(512) as u32;
+    let geometry = Geometry::new(
+        block,
+        options.capacity.unwrap_or(DEFAULT_CAPACITY),
+        options.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES),
+    );
+    let total = geometry.file_bytes();
+    let chunk_len = (SCAN_CHUNK_BYTES as u64).min(total) as usize;
+    let mut chunk = vec![0u8; chunk_len];
+    chunk[..HEADER_FIELDS_SIZE].copy_from_slice(&geometry.encode());
+    let mut offset = 0u64;
+    while offset < total {
+        let n = chunk_len.min((total - offset) as usize);
+        io::write_all_at(file.as_ref(), &chunk[..n], offset)
+            .map_err(|e| Error::io("preallocate double-write buffer", &tmp, e))?;
+        count_written(n);
+        if offset == 0 {
+            chunk[..HEADER_FIELDS_SIZE].fill(0);
+        }
+        offset += n as u64;
+    }
+    file.sync_all()
+        .map_err(|e| Error::io("sync new double-write buffer", &tmp, e))?;
+    drop(file);
+    vfs.rename(&tmp, path)
+        .map_err(|e| Error::io("rename new double-write buffer", path, e))?;
+    let dir = parent_dir(path);
+    vfs.sync_dir(&dir)
+        .map_err(|e| Error::io("sync directory", &dir, e))?;
+    Ok(())
+}
+
+fn read_geometry(file: &dyn VfsFile, path: &Path, direct: bool) -> Result<Geometry> {
+    let alignment = file.direct_io_alignment().unwrap_or(DEFAULT_ALIGNMENT).max(512);
+    let want = if direct { alignment } else { HEADER_FIELDS_SIZE };
+    let mut buf = AlignedBuf::new(alignment, alignment);
+    buf.resize_zeroed(want);
+    let got = io::read_up_to_at(file, buf.as_mut_slice(), 0)
+        .map_err(|e| Error::io("read double-write buffer header", path, e))?;
+    Geometry::decode(&buf.as_slice()[..got.min(want)]).map_err(|detail| Error::DwbCorrupt {
+        path: path.to_path_buf(),
+        detail,
+    })
+}
+
+fn check_geometry_matches(path: &Path, geometry: &Geometry, options: &DwbOptions) -> Result<()> {
+    if let Some(capacity) = options.capacity {
+        if capacity != geometry.capacity {
+            return Err(Error::DwbGeometryMismatch {
+                path: path.to_path_buf(),
+                detail: format!("capacity {capacity} asked, the file has {}", geometry.capacity),
+            });
+        }
+    }
+    if let Some(max) = options.max_record_bytes {
+        if max != geometry.max_record_bytes {
+            return Err(Error::DwbGeometryMismatch {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "maxRecordSize {max} asked, the file has {}",
+                    geometry.max_record_bytes
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn encode_frame_prefix(record_len: u32, seq: u64) -> [u8; FRAME_PREFIX_SIZE] {
+    let mut out = [0u8; FRAME_PREFIX_SIZE];
+    out[0..4].copy_from_slice(&FRAME_MAGIC);
+    out[4..8].copy_from_slice(&record_len.to_le_bytes());
+    out[8..16].copy_from_slice(&seq.to_le_bytes());
+    let crc = crc32c::crc32c(&out[..20]);
+    out[20..24].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// `(record_len, seq)` of a valid prefix at the start of `bytes`.
+fn parse_frame_prefix(bytes: &[u8], max_record_bytes: u32) -> Option<(u32, u64)> {
+    let prefix = bytes.get(..FRAME_PREFIX_SIZE)?;
+    if prefix[0..4] != FRAME_MAGIC {
+        return None;
+    }
+    if crc32c::crc32c(&prefix[..20]) != read_u32(prefix, 20) {
+        return None;
+    }
+    if read_u32(prefix, 16) != 0 {
+        return None;
+    }
+    let record_len = read_u32(prefix, 4);
+    if record_len < HEADER_SIZE as u32 || record_len > max_record_bytes {
+        return None;
+    }
+    Some((record_len, read_u64(prefix, 8)))
+}
+
+/// Reads `len` bytes at `offset`; in direct mode through an aligned span.
+fn read_span(
+    file: &dyn VfsFile,
+    path: &Path,
+    offset: u64,
+    len: usize,
+    direct: bool,
+    block: usize,
+) -> Result<Vec<u8>> {
+    if !direct {
+        let mut out = vec![0u8; len];
+        io::read_exact_at(file, &mut out, offset)
+            .map_err(|e| Error::io("read double-write buffer", path, e))?;
+        return Ok(out);
+    }
+    let start = round_down(offset, block as u64);
+    let end = round_up(offset + len as u64, block as u64);
+    let mut buf = AlignedBuf::new((end - start) as usize, block);
+    buf.resize_zeroed((end - start) as usize);
+    io::read_exact_at(file, buf.as_mut_slice(), start)
+        .map_err(|e| Error::io("read double-write buffer", path, e))?;
+    let from = (offset - start) as usize;
+    Ok(buf.as_slice()[from..from + len].to_vec())
+}
+
+/// Drops index entries of frames overlapping `[start, end)` of the ring.
+fn evict(ring: &mut Ring, start: u64, end: u64, max_record_bytes: u64) {
+    let from = start.saturating_sub(FRAME_PREFIX_SIZE as u64 + max_record_bytes);
+    let overlapping: Vec<u64> = ring.by_pos.range(from..end).map(|(&pos, _)| pos).collect();
+    for pos in overlapping {
+        let lsn = ring.by_pos[&pos];
+        let frames = ring.by_lsn.get_mut(&lsn).expect("indexed both ways");
+        let Some(i) = frames.iter().position(|f| f.ring_pos == pos) else {
+            continue;
+        };
+        let frame_end = pos + FRAME_PREFIX_SIZE as u64 + u64::from(frames[i].record_len);
+        if frame_end <= start {
+            continue;
+        }
+        frames.swap_remove(i);
+        if frames.is_empty() {
+            ring.by_lsn.remove(&lsn);
+        }
+        ring.by_pos.remove(&pos);
+    }
+}
+
+/// Reads the ring once, in large sequential chunks, and indexes every frame whose prefix
+/// and record header are valid. Frames are found by following chains from each block
+/// boundary; remnants of older flushes that no chain reaches are, correctly, ignored.
+fn scan_ring(file: Box<dyn VfsFile>, path: &Path, geometry: &Geometry, direct: bool) -> Result<Ring> {
+    let block = u64::from(geometry.block_size_bytes);
+    let ring_bytes = geometry.ring_bytes();
+    let mut reader = RingReader::new(file.as_ref(), path, geometry, direct);
+    let mut by_lsn: HashMap<u64, Vec<FrameRef>> = HashMap::new();
+    let mut by_pos = BTreeMap::new();
+    let mut newest: Option<(u64, u64)> = None; // (seq, end of that frame)
+    let head_len = FRAME_PREFIX_SIZE + HEADER_SIZE;
+    let mut block_pos = 0u64;
+    while block_pos < ring_bytes {
+        let mut pos = block_pos;
+        while pos + head_len as u64 <= ring_bytes {
+            let head = reader.bytes_at(pos, head_len)?;
+            let Some((record_len, seq)) = parse_frame_prefix(head, geometry.max_record_bytes) else {
+                break;
+            };
+            let frame_end = pos + (FRAME_PREFIX_SIZE as u64) + u64::from(record_len);
+            if frame_end > ring_bytes {
+                break;
+            }
+            let Ok(header) = record::RecordHeader::parse(&head[FRAME_PREFIX_SIZE..]) else {
+                break;
+            };
+            if header.record_len() != record_len as usize {
+                break;
+            }
+            let frame = FrameRef {
+                seq,
+                ring_pos: pos,
+                record_len,
+            };
+            by_pos.insert(pos, header.lsn);
+            by_lsn.entry(header.lsn).or_default().push(frame);
+            if newest.is_none_or(|(s, _)| seq > s) {
+                newest = Some((seq, frame_end));
+            }
+            pos = frame_end;
+        }
+        block_pos = if pos == block_pos {
+            block_pos + block
+        } else {
+            round_up(pos, block)
+        };
+    }
+    let (write_pos, next_seq) = match newest {
+        Some((seq, end)) => {
+            let pos = round_up(end, block);
+            (if pos >= ring_bytes { 0 } else { pos }, seq + 1)
+        }
+        None => (0, 1),
+    };
+    Ok(Ring {
+        file,
+        write_pos,
+        next_seq,
+        by_lsn,
+        by_pos,
+    })
+}
+
+/// Sequential chunked reader over the ring used by the open-time scan.
+struct RingReader<'a> {
+    file: &'a dyn VfsFile,
+    path: &'a Path,
+    ring_offset: u64,
+    ring_bytes: u64,
+    block: u64,
+    direct: bool,
+    chunk: AlignedBuf,
+    /// Ring position of `chunk`'s first byte.
+    chunk_pos: u64,
+}
+
+impl<'a> RingReader<'a> {
+    fn new(file: &'a dyn VfsFile, path: &'a Path, geometry: &Geometry, direct: bool) -> RingReader<'a> {
+        let block = u64::from(geometry.block_size_bytes);
+        RingReader {
+            file,
+            path,
+            ring_offset: geometry.ring_offset_bytes(),
+            ring_bytes: geometry.ring_bytes(),
+            block,
+            direct,
+            chunk: AlignedBuf::new(SCAN_CHUNK_BYTES, block as usize),
+            chunk_pos: 0,
+        }
+    }
+
+    fn bytes_at(&mut self, pos: u64, len: usize) -> Result<&[u8]> {
+        let loaded_end = self.chunk_pos + self.chunk.len() as u64;
+        if self.chunk.is_empty() || pos < self.chunk_pos || pos + len as u64 > loaded_end {
+            let start = round_down(pos, self.block);
+            let want = (SCAN_CHUNK_BYTES as u64).min(self.ring_bytes - start);
+            let want = round_up(want.max(len as u64 + (pos - start)), self.block) as usize;
+            self.chunk.clear();
+            self.chunk.resize_zeroed(want);
+            let got = io::read_up_to_at(self.file, self.chunk.as_mut_slice(), self.ring_offset + start)
+                .map_err(|e| Error::io("scan double-write buffer", self.path, e))?;
+            let _ = self.direct;
+            self.chunk.resize_zeroed(got);
+            self.chunk_pos = start;
+        }
+        let from = (pos - self.chunk_pos) as usize;
+        let available = self.chunk.len().saturating_sub(from);
+        Ok(&self.chunk.as_slice()[from..from + len.min(available)])
+    }
+}
+
+#[cfg(test)]
+mod tests;

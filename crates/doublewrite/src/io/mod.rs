@@ -1,0 +1,192 @@
+//! The I/O seam: every file-system call the core makes goes through [`Vfs`] and
+//! [`VfsFile`]. [`StdVfs`] is the real disk; [`sim::SimVfs`] is a simulated disk that
+//! keeps durable and unsynced bytes apart and can lose, tear and reorder unsynced writes,
+//! fail syncs and run out of space — the crash simulator runs the same core code on it.
+//!
+//! The core holds `Arc<dyn Vfs>` / `Box<dyn VfsFile>` rather than being generic over the
+//! backend: one indirect call per system call is noise next to the system call, and it
+//! keeps the public types (`Wal`, `DoubleWriteBuffer`) free of a type parameter.
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+
+pub mod sim;
+mod std_fs;
+mod sys;
+
+pub use std_fs::StdVfs;
+
+/// How to open a file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Open for writing as well as reading.
+    pub write: bool,
+    /// Create the file if it does not exist.
+    pub create: bool,
+    /// Fail if the file exists (implies `create`).
+    pub create_new: bool,
+    /// Bypass the page cache: O_DIRECT on Linux, F_NOCACHE on macOS. Offsets, lengths
+    /// and buffer addresses must then be multiples of the file's direct-I/O alignment.
+    pub direct: bool,
+}
+
+impl OpenOptions {
+    pub fn read_only() -> OpenOptions {
+        OpenOptions::default()
+    }
+    pub fn read_write() -> OpenOptions {
+        OpenOptions {
+            write: true,
+            ..OpenOptions::default()
+        }
+    }
+    pub fn create_new() -> OpenOptions {
+        OpenOptions {
+            write: true,
+            create: true,
+            create_new: true,
+            ..OpenOptions::default()
+        }
+    }
+    pub fn with_direct(self, direct: bool) -> OpenOptions {
+        OpenOptions { direct, ..self }
+    }
+}
+
+/// A file system: the real one or a simulated one.
+pub trait Vfs: Send + Sync + fmt::Debug {
+    /// Opens `path`.
+    ///
+    /// # Errors
+    /// `NotFound` when it does not exist and `create` is off; `AlreadyExists` with
+    /// `create_new`; `Unsupported` when `direct` is asked for and the file system or
+    /// platform cannot bypass the cache (never a silent buffered fallback).
+    fn open(&self, path: &Path, options: OpenOptions) -> io::Result<Box<dyn VfsFile>>;
+
+    /// Removes a file. The removal is durable only after [`Vfs::sync_dir`] on its parent.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+
+    /// Renames a file, replacing `to`. Durable only after [`Vfs::sync_dir`].
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+
+    /// Names of the entries of a directory (files only), in no particular order.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+
+    /// Creates a directory and its parents. Durable only after syncing their parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+
+    /// Makes the directory's entries (creations, removals, renames) durable.
+    ///
+    /// # Errors
+    /// Any failure: the caller must treat its earlier entry changes as not durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+
+    /// What `path` is: `None` when nothing is there.
+    fn kind(&self, path: &Path) -> io::Result<Option<FileKind>>;
+}
+
+/// What a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Directory,
+    Other,
+}
+
+/// An open file. Positional reads and writes only; no shared cursor.
+pub trait VfsFile: Send + Sync + fmt::Debug {
+    /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+
+    /// Writes up to `buf.len()` bytes at `offset`; the write is not durable until a sync.
+    ///
+    /// # Errors
+    /// `StorageFull` (ENOSPC) when space runs out; some bytes may have been written.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize>;
+
+    /// fdatasync: makes earlier writes and the size durable (not other metadata).
+    ///
+    /// # Errors
+    /// Any failure leaves the unsynced data in an unknown state; the caller must not
+    /// retry and report success (the WAL poisons itself).
+    fn sync_data(&self) -> io::Result<()>;
+
+    /// fsync: [`VfsFile::sync_data`] plus all metadata.
+    fn sync_all(&self) -> io::Result<()>;
+
+    /// Current size in bytes.
+    fn len(&self) -> io::Result<u64>;
+
+    /// Takes an exclusive advisory lock without waiting; `Ok(false)` when someone else
+    /// (another process, or another open of the same file in this process) holds it.
+    fn try_lock_exclusive(&self) -> io::Result<bool>;
+
+    /// The alignment direct I/O needs on this file (offsets, lengths and buffer
+    /// addresses), or `None` when the platform reports none.
+    fn direct_io_alignment(&self) -> Option<usize>;
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`.
+///
+/// # Errors
+/// `UnexpectedEof` when the file ends first.
+pub fn read_exact_at(file: &dyn VfsFile, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.read_at(buf, offset) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("file ends before offset {}", offset + buf.len() as u64),
+                ))
+            }
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads as many bytes as the file has at `offset`, up to `buf.len()`.
+pub fn read_up_to_at(file: &dyn VfsFile, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Writes all of `buf` at `offset`, retrying short writes.
+pub fn write_all_at(file: &dyn VfsFile, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.write_at(buf, offset) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "write returned 0 bytes",
+                ))
+            }
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether an I/O error means the device is out of space.
+pub fn is_no_space(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::StorageFull
+}

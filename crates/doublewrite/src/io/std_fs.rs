@@ -1,0 +1,176 @@
+//! The real file system, through `std::fs`.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::Path;
+
+use super::{sys, FileKind, OpenOptions, Vfs, VfsFile};
+
+/// The operating system's file system. Zero-sized; cloning it is free.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdVfs;
+
+#[derive(Debug)]
+struct StdFile {
+    file: File,
+}
+
+impl Vfs for StdVfs {
+    fn open(&self, path: &Path, options: OpenOptions) -> io::Result<Box<dyn VfsFile>> {
+        let mut std_options = fs::OpenOptions::new();
+        std_options
+            .read(true)
+            .write(options.write || options.create || options.create_new)
+            .create(options.create && !options.create_new)
+            .create_new(options.create_new);
+        if options.direct {
+            add_direct_flag(&mut std_options)?;
+        }
+        let file = match std_options.open(path) {
+            Ok(file) => file,
+            Err(e) if options.direct && e.raw_os_error() == Some(einval()) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "the file system holding {} refuses direct I/O (O_DIRECT): use buffered mode there",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        if file.metadata()?.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                format!("{} is a directory, not a file", path.display()),
+            ));
+        }
+        #[cfg(target_vendor = "apple")]
+        if options.direct {
+            sys::set_no_cache(&file)?;
+        }
+        Ok(Box::new(StdFile { file }))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                if let Ok(name) = entry.file_name().into_string() {
+                    names.push(name);
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+
+    #[cfg(unix)]
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    /// Windows cannot open a directory for flushing without backup semantics; NTFS
+    /// journals directory changes itself.
+    #[cfg(not(unix))]
+    fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn kind(&self, path: &Path) -> io::Result<Option<FileKind>> {
+        match fs::metadata(path) {
+            Ok(meta) if meta.is_file() => Ok(Some(FileKind::File)),
+            Ok(meta) if meta.is_dir() => Ok(Some(FileKind::Directory)),
+            Ok(_) => Ok(Some(FileKind::Other)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn add_direct_flag(options: &mut fs::OpenOptions) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    options.custom_flags(libc::O_DIRECT);
+    Ok(())
+}
+
+/// macOS sets F_NOCACHE after opening (see `sys::set_no_cache`); std's `sync_data` and
+/// `sync_all` on Apple targets issue F_FULLFSYNC, which flushes the drive's cache too.
+#[cfg(target_vendor = "apple")]
+fn add_direct_flag(_options: &mut fs::OpenOptions) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
+fn add_direct_flag(_options: &mut fs::OpenOptions) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "direct I/O is not supported on this platform: use buffered mode",
+    ))
+}
+
+#[cfg(unix)]
+fn einval() -> i32 {
+    libc::EINVAL
+}
+#[cfg(not(unix))]
+fn einval() -> i32 {
+    87 // ERROR_INVALID_PARAMETER
+}
+
+impl VfsFile for StdFile {
+    #[cfg(unix)]
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(&self.file, buf, offset)
+    }
+    #[cfg(windows)]
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        std::os::windows::fs::FileExt::seek_read(&self.file, buf, offset)
+    }
+
+    #[cfg(unix)]
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::write_at(&self.file, buf, offset)
+    }
+    #[cfg(windows)]
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        std::os::windows::fs::FileExt::seek_write(&self.file, buf, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn sync_all(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn try_lock_exclusive(&self) -> io::Result<bool> {
+        match self.file.try_lock() {
+            Ok(()) => Ok(true),
+            Err(fs::TryLockError::WouldBlock) => Ok(false),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    fn direct_io_alignment(&self) -> Option<usize> {
+        sys::direct_io_alignment(&self.file)
+    }
+}
