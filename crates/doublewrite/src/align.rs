@@ -35,7 +35,10 @@ pub struct AlignedBuf {
 impl AlignedBuf {
     /// An empty buffer with room for at least `capacity` bytes.
     pub fn new(capacity: usize, alignment: usize) -> AlignedBuf {
-        assert!(alignment.is_power_of_two(), "alignment must be a power of two");
+        assert!(
+            alignment.is_power_of_two(),
+            "alignment must be a power of two"
+        );
         let capacity = round_up(capacity.max(alignment) as u64, alignment as u64) as usize;
         let storage = vec![0u8; capacity + alignment];
         let start = storage.as_ptr().align_offset(alignment);
@@ -126,7 +129,10 @@ mod tests {
         buf.extend_from_slice(&[1, 2, 3]);
         let span = buf.padded_slice();
         assert_eq!(span.len(), 4096);
-        assert!(span[3..].iter().all(|&b| b == 0), "stale bytes leaked into padding");
+        assert!(
+            span[3..].iter().all(|&b| b == 0),
+            "stale bytes leaked into padding"
+        );
     }
 
     #[test]

@@ -56,8 +56,11 @@ pub const MAX_CAPACITY: u32 = 1 << 16;
 /// Size of the reads that scan the ring at open.
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
 
-const _: () = assert!(FRAME_PREFIX_SIZE % 8 == 0);
-const _: () = assert!(HEADER_FIELDS_SIZE <= 512, "the DWB header must fit in one sector");
+const _: () = assert!(FRAME_PREFIX_SIZE.is_multiple_of(8));
+const _: () = assert!(
+    HEADER_FIELDS_SIZE <= 512,
+    "the DWB header must fit in one sector"
+);
 
 static DWB_BYTES_WRITTEN_TOTAL: AtomicU64 = AtomicU64::new(0);
 
@@ -179,7 +182,8 @@ impl Geometry {
     }
     /// Offset of slot `index`: where a max-size record written alone would start.
     pub fn slot_offset_bytes(&self, index: u32) -> u64 {
-        self.ring_offset_bytes() + u64::from(index % self.capacity) * u64::from(self.slot_stride_bytes)
+        self.ring_offset_bytes()
+            + u64::from(index % self.capacity) * u64::from(self.slot_stride_bytes)
     }
 
     fn encode(&self) -> [u8; HEADER_FIELDS_SIZE] {
@@ -197,7 +201,10 @@ impl Geometry {
 
     fn decode(bytes: &[u8]) -> std::result::Result<Geometry, String> {
         if bytes.len() < HEADER_FIELDS_SIZE {
-            return Err(format!("file is {} bytes, shorter than a header", bytes.len()));
+            return Err(format!(
+                "file is {} bytes, shorter than a header",
+                bytes.len()
+            ));
         }
         if bytes[0..4] != DWB_MAGIC {
             return Err(format!(
@@ -232,7 +239,8 @@ impl Geometry {
         let sane = geometry.block_size_bytes.is_power_of_two()
             && geometry.block_size_bytes >= 512
             && (1..=MAX_CAPACITY).contains(&geometry.capacity)
-            && (HEADER_SIZE as u32..=record::MAX_PAYLOAD_BYTES).contains(&geometry.max_record_bytes)
+            && (HEADER_SIZE as u32..=record::MAX_PAYLOAD_BYTES)
+                .contains(&geometry.max_record_bytes)
             && expected == geometry;
         if !sane {
             return Err(format!("header holds an impossible geometry {geometry:?}"));
@@ -288,10 +296,13 @@ pub struct DoubleWriteBuffer {
     staging: Mutex<Staging>,
     ring: Mutex<Ring>,
     skipped_records: AtomicU64,
+    bytes_written: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn parent_dir(path: &Path) -> PathBuf {
@@ -323,9 +334,7 @@ impl DoubleWriteBuffer {
             return Err(Error::DwbOff);
         }
         check_options(&options)?;
-        let kind = vfs
-            .kind(path)
-            .map_err(|e| Error::io("inspect", path, e))?;
+        let kind = vfs.kind(path).map_err(|e| Error::io("inspect", path, e))?;
         match kind {
             Some(FileKind::Directory) | Some(FileKind::Other) => {
                 return Err(Error::WrongFileKind {
@@ -344,7 +353,7 @@ impl DoubleWriteBuffer {
         check_geometry_matches(path, &geometry, &options)?;
         if direct {
             let alignment = file.direct_io_alignment().unwrap_or(DEFAULT_ALIGNMENT);
-            if geometry.block_size_bytes as usize % alignment != 0 {
+            if !(geometry.block_size_bytes as usize).is_multiple_of(alignment) {
                 return Err(Error::DirectIoUnsupported {
                     path: path.to_path_buf(),
                     detail: format!(
@@ -378,6 +387,7 @@ impl DoubleWriteBuffer {
             }),
             ring: Mutex::new(ring),
             skipped_records: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
         })
     }
 
@@ -402,6 +412,16 @@ impl DoubleWriteBuffer {
     /// Records refused because they are larger than a slot.
     pub fn skipped_records(&self) -> u64 {
         self.skipped_records.load(Ordering::Relaxed)
+    }
+    /// Bytes this buffer's flushes wrote (padding included in direct mode).
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+    /// Drops the copies staged and not yet flushed.
+    pub fn discard_pending(&self) {
+        let mut staging = lock(&self.staging);
+        staging.frames.clear();
+        staging.entries.clear();
     }
     /// Number of copies staged and not yet flushed.
     pub fn pending_records(&self) -> usize {
@@ -484,9 +504,11 @@ impl DoubleWriteBuffer {
                 let offset = staging.frames.len();
                 staging.frames.extend_from_slice(later_frames.as_slice());
                 let later_entries = std::mem::replace(&mut staging.entries, entries);
-                staging
-                    .entries
-                    .extend(later_entries.into_iter().map(|(lsn, at, len)| (lsn, at + offset, len)));
+                staging.entries.extend(
+                    later_entries
+                        .into_iter()
+                        .map(|(lsn, at, len)| (lsn, at + offset, len)),
+                );
                 Err(e)
             }
         }
@@ -521,6 +543,8 @@ impl DoubleWriteBuffer {
         io::write_all_at(ring.file.as_ref(), span, offset)
             .map_err(|e| Error::io("write double-write buffer", &self.path, e))?;
         count_written(written);
+        self.bytes_written
+            .fetch_add(written as u64, Ordering::Relaxed);
         ring.file
             .sync_data()
             .map_err(|e| Error::io("sync double-write buffer", &self.path, e))?;
@@ -554,7 +578,7 @@ impl DoubleWriteBuffer {
             return Ok(None);
         };
         let mut candidates = candidates.clone();
-        candidates.sort_by(|a, b| b.seq.cmp(&a.seq));
+        candidates.sort_by_key(|f| std::cmp::Reverse(f.seq));
         for frame in candidates {
             let bytes = self.read_frame(ring.file.as_ref(), frame)?;
             if let Some(record) = bytes {
@@ -691,8 +715,15 @@ fn create_file(vfs: &dyn Vfs, path: &Path, options: &DwbOptions) -> Result<()> {
 }
 
 fn read_geometry(file: &dyn VfsFile, path: &Path, direct: bool) -> Result<Geometry> {
-    let alignment = file.direct_io_alignment().unwrap_or(DEFAULT_ALIGNMENT).max(512);
-    let want = if direct { alignment } else { HEADER_FIELDS_SIZE };
+    let alignment = file
+        .direct_io_alignment()
+        .unwrap_or(DEFAULT_ALIGNMENT)
+        .max(512);
+    let want = if direct {
+        alignment
+    } else {
+        HEADER_FIELDS_SIZE
+    };
     let mut buf = AlignedBuf::new(alignment, alignment);
     buf.resize_zeroed(want);
     let got = io::read_up_to_at(file, buf.as_mut_slice(), 0)
@@ -708,7 +739,10 @@ fn check_geometry_matches(path: &Path, geometry: &Geometry, options: &DwbOptions
         if capacity != geometry.capacity {
             return Err(Error::DwbGeometryMismatch {
                 path: path.to_path_buf(),
-                detail: format!("capacity {capacity} asked, the file has {}", geometry.capacity),
+                detail: format!(
+                    "capacity {capacity} asked, the file has {}",
+                    geometry.capacity
+                ),
             });
         }
     }
@@ -805,7 +839,12 @@ fn evict(ring: &mut Ring, start: u64, end: u64, max_record_bytes: u64) {
 /// Reads the ring once, in large sequential chunks, and indexes every frame whose prefix
 /// and record header are valid. Frames are found by following chains from each block
 /// boundary; remnants of older flushes that no chain reaches are, correctly, ignored.
-fn scan_ring(file: Box<dyn VfsFile>, path: &Path, geometry: &Geometry, direct: bool) -> Result<Ring> {
+fn scan_ring(
+    file: Box<dyn VfsFile>,
+    path: &Path,
+    geometry: &Geometry,
+    direct: bool,
+) -> Result<Ring> {
     let block = u64::from(geometry.block_size_bytes);
     let ring_bytes = geometry.ring_bytes();
     let mut reader = RingReader::new(file.as_ref(), path, geometry, direct);
@@ -818,7 +857,8 @@ fn scan_ring(file: Box<dyn VfsFile>, path: &Path, geometry: &Geometry, direct: b
         let mut pos = block_pos;
         while pos + head_len as u64 <= ring_bytes {
             let head = reader.bytes_at(pos, head_len)?;
-            let Some((record_len, seq)) = parse_frame_prefix(head, geometry.max_record_bytes) else {
+            let Some((record_len, seq)) = parse_frame_prefix(head, geometry.max_record_bytes)
+            else {
                 break;
             };
             let frame_end = pos + (FRAME_PREFIX_SIZE as u64) + u64::from(record_len);
@@ -879,7 +919,12 @@ struct RingReader<'a> {
 }
 
 impl<'a> RingReader<'a> {
-    fn new(file: &'a dyn VfsFile, path: &'a Path, geometry: &Geometry, direct: bool) -> RingReader<'a> {
+    fn new(
+        file: &'a dyn VfsFile,
+        path: &'a Path,
+        geometry: &Geometry,
+        direct: bool,
+    ) -> RingReader<'a> {
         let block = u64::from(geometry.block_size_bytes);
         RingReader {
             file,
@@ -901,8 +946,12 @@ impl<'a> RingReader<'a> {
             let want = round_up(want.max(len as u64 + (pos - start)), self.block) as usize;
             self.chunk.clear();
             self.chunk.resize_zeroed(want);
-            let got = io::read_up_to_at(self.file, self.chunk.as_mut_slice(), self.ring_offset + start)
-                .map_err(|e| Error::io("scan double-write buffer", self.path, e))?;
+            let got = io::read_up_to_at(
+                self.file,
+                self.chunk.as_mut_slice(),
+                self.ring_offset + start,
+            )
+            .map_err(|e| Error::io("scan double-write buffer", self.path, e))?;
             let _ = self.direct;
             self.chunk.resize_zeroed(got);
             self.chunk_pos = start;

@@ -71,7 +71,9 @@ impl Error {
             Error::WalCorrupt { .. } => "ERR_WAL_CORRUPT",
             Error::WalPoisoned { .. } => "ERR_WAL_POISONED",
             Error::Locked { .. } => "ERR_LOCKED",
-            Error::Closed { what: "double-write buffer" } => "ERR_DWB_CLOSED",
+            Error::Closed {
+                what: "double-write buffer",
+            } => "ERR_DWB_CLOSED",
             Error::Closed { .. } => "ERR_WAL_CLOSED",
             Error::UnknownRequiredRecordType { .. } => "ERR_WAL_UNKNOWN_RECORD_TYPE",
             Error::DwbUnavailable { .. } => "ERR_DWB_UNAVAILABLE",
@@ -94,6 +96,78 @@ impl Error {
             action,
             path,
             source,
+        }
+    }
+}
+
+impl Clone for Error {
+    /// One failed commit rejects every caller in it, each with its own copy of the error.
+    /// An I/O error is copied as its kind and message.
+    fn clone(&self) -> Error {
+        match self {
+            Error::Record(e) => Error::Record(e.clone()),
+            Error::Io {
+                action,
+                path,
+                source,
+            } => Error::Io {
+                action,
+                path: path.clone(),
+                source: match source.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            Error::NoSpace { action, path } => Error::NoSpace {
+                action,
+                path: path.clone(),
+            },
+            Error::DirectIoUnsupported { path, detail } => Error::DirectIoUnsupported {
+                path: path.clone(),
+                detail: detail.clone(),
+            },
+            Error::DwbOff => Error::DwbOff,
+            Error::DwbCorrupt { path, detail } => Error::DwbCorrupt {
+                path: path.clone(),
+                detail: detail.clone(),
+            },
+            Error::DwbGeometryMismatch { path, detail } => Error::DwbGeometryMismatch {
+                path: path.clone(),
+                detail: detail.clone(),
+            },
+            Error::InvalidOptions { detail } => Error::InvalidOptions {
+                detail: detail.clone(),
+            },
+            Error::WrongFileKind { path, detail } => Error::WrongFileKind {
+                path: path.clone(),
+                detail,
+            },
+            Error::WalCorrupt {
+                path,
+                offset,
+                lsn,
+                detail,
+            } => Error::WalCorrupt {
+                path: path.clone(),
+                offset: *offset,
+                lsn: *lsn,
+                detail: detail.clone(),
+            },
+            Error::WalPoisoned { detail } => Error::WalPoisoned {
+                detail: detail.clone(),
+            },
+            Error::Locked { path } => Error::Locked { path: path.clone() },
+            Error::Closed { what } => Error::Closed { what },
+            Error::UnknownRequiredRecordType { record_type, lsn } => {
+                Error::UnknownRequiredRecordType {
+                    record_type: *record_type,
+                    lsn: *lsn,
+                }
+            }
+            Error::DwbUnavailable { path, detail } => Error::DwbUnavailable {
+                path: path.clone(),
+                detail: detail.clone(),
+            },
         }
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! - [`record`]: the WAL record format.
 //! - [`dwb`]: the double-write buffer.
+//! - [`wal`]: the write-ahead log around it: group commit, recovery, replay.
 //! - [`io`]: the only place that touches files; [`io::sim`] is the simulated disk.
 #![deny(unsafe_code)]
 
@@ -14,7 +15,15 @@ pub mod dwb;
 mod error;
 pub mod io;
 pub mod record;
+pub mod wal;
 
-pub use dwb::{dwb_bytes_written_total, DoubleWriteBuffer, DwbMirror, DwbMode, DwbOptions, Geometry, SkipReason};
+pub use dwb::{
+    dwb_bytes_written_total, DoubleWriteBuffer, DwbMirror, DwbMode, DwbOptions, Geometry,
+    SkipReason,
+};
 pub use error::{Error, Result};
 pub use record::{RecordError, RecordHeader, RecordType, WalRecord};
+pub use wal::{
+    Protection, ProtectionState, ProtectionStatus, RecordInput, RecoveryReport, Replay,
+    TailProtection, Wal, WalOptions, WalStats,
+};

@@ -85,7 +85,10 @@ pub enum RecordError {
     /// The record type uses a bit reserved for the package (encrypted or internal).
     ReservedRecordType { record_type: u32 },
     /// Fewer bytes than a header, or than the header says the record has.
-    Truncated { needed_bytes: u64, available_bytes: u64 },
+    Truncated {
+        needed_bytes: u64,
+        available_bytes: u64,
+    },
     /// The first four bytes are not [`RECORD_MAGIC`].
     BadMagic { found: [u8; 4] },
     /// A format version this build does not read.
@@ -95,7 +98,11 @@ pub enum RecordError {
     /// A header field holds a value the format forbids.
     InvalidHeader { detail: &'static str },
     /// The CRC stored in the header does not match the header and payload.
-    ChecksumMismatch { lsn: u64, expected: u32, actual: u32 },
+    ChecksumMismatch {
+        lsn: u64,
+        expected: u32,
+        actual: u32,
+    },
     /// Bytes follow the record where exactly one record was expected.
     TrailingBytes { extra_bytes: u64 },
 }
@@ -575,8 +582,8 @@ mod tests {
 
     #[test]
     fn payload_over_64_mib_is_refused() {
-        let err = WalRecord::new(RecordType::PUT, 1, 0, 0, 0, vec![0; 64 * 1024 * 1024 + 1])
-            .unwrap_err();
+        let err =
+            WalRecord::new(RecordType::PUT, 1, 0, 0, 0, vec![0; 64 * 1024 * 1024 + 1]).unwrap_err();
         assert!(matches!(err, RecordError::PayloadTooLarge { .. }));
         assert_eq!(err.code(), "ERR_RECORD_TOO_LARGE");
         WalRecord::new(RecordType::PUT, 1, 0, 0, 0, vec![0; 64 * 1024 * 1024]).unwrap();
@@ -602,7 +609,10 @@ mod tests {
         for i in 0..bytes.len() {
             let mut damaged = bytes.clone();
             damaged[i] ^= 0x20;
-            assert!(WalRecord::decode(&damaged).is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                WalRecord::decode(&damaged).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
     }
 

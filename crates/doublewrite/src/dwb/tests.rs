@@ -59,11 +59,19 @@ impl Env {
             Some(sim) => sim.poke(&self.path(), offset, bytes),
             None => {
                 use std::os::unix::fs::FileExt;
-                let f = std::fs::OpenOptions::new().write(true).open(self.path()).unwrap();
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(self.path())
+                    .unwrap();
                 f.write_all_at(bytes, offset).unwrap();
             }
         }
     }
+}
+
+/// Asserts that a copy was staged (every record in these tests fits unless stated).
+fn mirrored(outcome: Result<DwbMirror>) {
+    assert_eq!(outcome.unwrap(), DwbMirror::Mirrored);
 }
 
 fn rec(lsn: u64, payload: &[u8]) -> WalRecord {
@@ -83,7 +91,10 @@ fn direct_io_available(env: &Env) -> bool {
     match env.open(DwbOptions::new(DwbMode::Direct)) {
         Ok(_) => true,
         Err(Error::DirectIoUnsupported { detail, .. }) => {
-            eprintln!("SKIPPED: direct I/O unavailable in {}: {detail}", env.dir.display());
+            eprintln!(
+                "SKIPPED: direct I/O unavailable in {}: {detail}",
+                env.dir.display()
+            );
             false
         }
         Err(e) => panic!("unexpected error probing direct I/O: {e}"),
@@ -134,14 +145,14 @@ fn write_and_recover(env: &Env) {
 
 fn missing_lsn_is_none(env: &Env) {
     let dwb = env.buffered();
-    dwb.write_record(&rec(1, b"a")).unwrap();
+    mirrored(dwb.write_record(&rec(1, b"a")));
     assert_eq!(dwb.recover_record(2).unwrap(), None);
 }
 
 fn survives_reopen(env: &Env) {
     {
         let dwb = env.buffered();
-        dwb.write_record(&rec(3, b"three")).unwrap();
+        mirrored(dwb.write_record(&rec(3, b"three")));
     }
     let dwb = env.buffered();
     assert_eq!(dwb.recover_record(3).unwrap().unwrap().payload(), b"three");
@@ -151,16 +162,24 @@ fn deferred_batch_then_one_flush(env: &Env) {
     let dwb = env.buffered();
     for lsn in 1..=5 {
         assert_eq!(
-            dwb.write_record_deferred(&rec(lsn, &[lsn as u8; 10])).unwrap(),
+            dwb.write_record_deferred(&rec(lsn, &[lsn as u8; 10]))
+                .unwrap(),
             DwbMirror::Mirrored
         );
     }
     assert_eq!(dwb.pending_records(), 5);
-    assert_eq!(dwb.recover_record(1).unwrap(), None, "unflushed copies are not on disk");
+    assert_eq!(
+        dwb.recover_record(1).unwrap(),
+        None,
+        "unflushed copies are not on disk"
+    );
     dwb.flush().unwrap();
     assert_eq!(dwb.pending_records(), 0);
     for lsn in 1..=5 {
-        assert_eq!(dwb.recover_record(lsn).unwrap().unwrap().payload(), &[lsn as u8; 10]);
+        assert_eq!(
+            dwb.recover_record(lsn).unwrap().unwrap().payload(),
+            &[lsn as u8; 10]
+        );
     }
     drop(dwb);
     let dwb = env.buffered();
@@ -171,7 +190,7 @@ fn deferred_batch_then_one_flush(env: &Env) {
 
 fn flush_is_idempotent(env: &Env) {
     let dwb = env.buffered();
-    dwb.write_record_deferred(&rec(1, b"x")).unwrap();
+    mirrored(dwb.write_record_deferred(&rec(1, b"x")));
     dwb.flush().unwrap();
     let file_before = env.file_bytes();
     let mutations_before = env.sim.as_ref().map(|s| s.mutation_count());
@@ -179,7 +198,10 @@ fn flush_is_idempotent(env: &Env) {
     dwb.flush().unwrap();
     assert_eq!(env.file_bytes(), file_before);
     // On the simulated disk we can see that no write and no sync happened at all.
-    assert_eq!(env.sim.as_ref().map(|s| s.mutation_count()), mutations_before);
+    assert_eq!(
+        env.sim.as_ref().map(|s| s.mutation_count()),
+        mutations_before
+    );
 }
 
 fn stride_and_slots_are_block_aligned(env: &Env) {
@@ -194,7 +216,7 @@ fn stride_and_slots_are_block_aligned(env: &Env) {
     }
     // Every flush starts on a block boundary, whatever the record sizes.
     for lsn in 1..=40 {
-        dwb.write_record(&rec(lsn, &vec![1; (lsn * 37) as usize])).unwrap();
+        mirrored(dwb.write_record(&rec(lsn, &vec![1; (lsn * 37) as usize])));
     }
     let frames = dwb.frames();
     let mut starts = 0;
@@ -216,10 +238,14 @@ fn wrap_keeps_newest_and_drops_oldest(env: &Env) {
     let dwb = env.small(DwbMode::Buffered, capacity, max).unwrap();
     let writes = u64::from(capacity) + 5;
     for lsn in 1..=writes {
-        dwb.write_record(&rec_of_len(lsn, max as usize)).unwrap();
+        mirrored(dwb.write_record(&rec_of_len(lsn, max as usize)));
     }
     for lsn in 1..=5 {
-        assert_eq!(dwb.recover_record(lsn).unwrap(), None, "LSN {lsn} survived a full wrap");
+        assert_eq!(
+            dwb.recover_record(lsn).unwrap(),
+            None,
+            "LSN {lsn} survived a full wrap"
+        );
     }
     for lsn in writes - 4..=writes {
         assert!(dwb.recover_record(lsn).unwrap().is_some(), "LSN {lsn} lost");
@@ -227,7 +253,10 @@ fn wrap_keeps_newest_and_drops_oldest(env: &Env) {
     drop(dwb);
     let dwb = env.small(DwbMode::Buffered, capacity, max).unwrap();
     for lsn in writes - 4..=writes {
-        assert!(dwb.recover_record(lsn).unwrap().is_some(), "LSN {lsn} lost after reopen");
+        assert!(
+            dwb.recover_record(lsn).unwrap().is_some(),
+            "LSN {lsn} lost after reopen"
+        );
     }
 }
 
@@ -242,13 +271,16 @@ fn small_records_pack_and_wrap(env: &Env) {
             lsn += 1;
             let r = rec(lsn, &[lsn as u8; 100]);
             total += (FRAME_PREFIX_SIZE + r.encoded_len()) as u64;
-            dwb.write_record_deferred(&r).unwrap();
+            mirrored(dwb.write_record_deferred(&r));
         }
         dwb.flush().unwrap();
     }
     for back in 0..16 {
         let want = lsn - back;
-        assert_eq!(dwb.recover_record(want).unwrap().unwrap().payload(), &[want as u8; 100]);
+        assert_eq!(
+            dwb.recover_record(want).unwrap().unwrap().payload(),
+            &[want as u8; 100]
+        );
     }
     assert_eq!(dwb.recover_record(1).unwrap(), None);
 }
@@ -256,7 +288,7 @@ fn small_records_pack_and_wrap(env: &Env) {
 fn bytes_counter_grows(env: &Env) {
     let dwb = env.buffered();
     let before = dwb_bytes_written_total();
-    dwb.write_record(&rec(1, &[0; 100])).unwrap();
+    mirrored(dwb.write_record(&rec(1, &[0; 100])));
     assert!(dwb_bytes_written_total() >= before + 100 + HEADER_SIZE as u64);
 }
 
@@ -267,26 +299,35 @@ fn modes_read_each_others_files(env: &Env) {
     // Start from a fresh file for the probe above may have created one.
     {
         let direct = env.open(DwbOptions::new(DwbMode::Direct)).unwrap();
-        direct.write_record(&rec(10, b"from direct")).unwrap();
+        mirrored(direct.write_record(&rec(10, b"from direct")));
     }
     {
         let buffered = env.buffered();
-        assert_eq!(buffered.recover_record(10).unwrap().unwrap().payload(), b"from direct");
-        buffered.write_record(&rec(11, b"from buffered")).unwrap();
+        assert_eq!(
+            buffered.recover_record(10).unwrap().unwrap().payload(),
+            b"from direct"
+        );
+        mirrored(buffered.write_record(&rec(11, b"from buffered")));
     }
     let direct = env.open(DwbOptions::new(DwbMode::Direct)).unwrap();
-    assert_eq!(direct.recover_record(11).unwrap().unwrap().payload(), b"from buffered");
-    assert_eq!(direct.recover_record(10).unwrap().unwrap().payload(), b"from direct");
+    assert_eq!(
+        direct.recover_record(11).unwrap().unwrap().payload(),
+        b"from buffered"
+    );
+    assert_eq!(
+        direct.recover_record(10).unwrap().unwrap().payload(),
+        b"from direct"
+    );
 }
 
 fn reused_lsn_returns_newest_copy(env: &Env) {
     let dwb = env.buffered();
-    dwb.write_record(&rec(5, b"old")).unwrap();
-    dwb.write_record(&rec(5, b"new")).unwrap();
+    mirrored(dwb.write_record(&rec(5, b"old")));
+    mirrored(dwb.write_record(&rec(5, b"new")));
     assert_eq!(dwb.recover_record(5).unwrap().unwrap().payload(), b"new");
     // Two copies staged in one flush: the later one wins too.
-    dwb.write_record_deferred(&rec(6, b"first")).unwrap();
-    dwb.write_record_deferred(&rec(6, b"second")).unwrap();
+    mirrored(dwb.write_record_deferred(&rec(6, b"first")));
+    mirrored(dwb.write_record_deferred(&rec(6, b"second")));
     dwb.flush().unwrap();
     assert_eq!(dwb.recover_record(6).unwrap().unwrap().payload(), b"second");
 }
@@ -305,46 +346,58 @@ fn reused_lsn_newest_across_wrap(env: &Env) {
             break;
         }
         lsn += 1;
-        dwb.write_record(&rec_of_len(lsn, 1024)).unwrap();
+        mirrored(dwb.write_record(&rec_of_len(lsn, 1024)));
     }
     let mut older = b"older, high in the ring".to_vec();
     older.resize(1024 - HEADER_SIZE, b'.');
     let mut newer = b"newer, wrapped to the start".to_vec();
     newer.resize(1024 - HEADER_SIZE, b'.');
-    dwb.write_record(&rec(99, &older)).unwrap();
-    dwb.write_record(&rec(99, &newer)).unwrap();
+    mirrored(dwb.write_record(&rec(99, &older)));
+    mirrored(dwb.write_record(&rec(99, &newer)));
     let frames: Vec<_> = dwb.frames().into_iter().filter(|f| f.0 == 99).collect();
     assert_eq!(frames.len(), 2);
-    assert!(frames[1].2 < frames[0].2, "test setup: the newer copy should sit lower");
-    assert_eq!(dwb.recover_record(99).unwrap().unwrap().payload(), &newer[..]);
+    assert!(
+        frames[1].2 < frames[0].2,
+        "test setup: the newer copy should sit lower"
+    );
+    assert_eq!(
+        dwb.recover_record(99).unwrap().unwrap().payload(),
+        &newer[..]
+    );
     drop(dwb);
     let dwb = env.small(DwbMode::Buffered, 4, 1024).unwrap();
-    assert_eq!(dwb.recover_record(99).unwrap().unwrap().payload(), &newer[..]);
+    assert_eq!(
+        dwb.recover_record(99).unwrap().unwrap().payload(),
+        &newer[..]
+    );
 }
 
 fn reused_lsn_newest_across_reopen(env: &Env) {
     {
         let dwb = env.buffered();
-        dwb.write_record(&rec(8, b"before reopen")).unwrap();
+        mirrored(dwb.write_record(&rec(8, b"before reopen")));
     }
     {
         let dwb = env.buffered();
-        dwb.write_record(&rec(8, b"after reopen")).unwrap();
+        mirrored(dwb.write_record(&rec(8, b"after reopen")));
     }
     let dwb = env.buffered();
-    assert_eq!(dwb.recover_record(8).unwrap().unwrap().payload(), b"after reopen");
+    assert_eq!(
+        dwb.recover_record(8).unwrap().unwrap().payload(),
+        b"after reopen"
+    );
 }
 
 fn sequence_resumes_above_disk_maximum(env: &Env) {
     let max_seq = {
         let dwb = env.buffered();
         for lsn in 1..=10 {
-            dwb.write_record(&rec(lsn, b"x")).unwrap();
+            mirrored(dwb.write_record(&rec(lsn, b"x")));
         }
         dwb.frames().iter().map(|f| f.1).max().unwrap()
     };
     let dwb = env.buffered();
-    dwb.write_record(&rec(11, b"y")).unwrap();
+    mirrored(dwb.write_record(&rec(11, b"y")));
     let newest = dwb.frames().into_iter().find(|f| f.0 == 11).unwrap();
     assert_eq!(newest.1, max_seq + 1);
 }
@@ -357,7 +410,7 @@ fn frame_offset(dwb: &DoubleWriteBuffer, lsn: u64) -> u64 {
 fn torn_prefix_is_never_returned(env: &Env) {
     let at = {
         let dwb = env.buffered();
-        dwb.write_record(&rec(1, b"good")).unwrap();
+        mirrored(dwb.write_record(&rec(1, b"good")));
         frame_offset(&dwb, 1)
     };
     // Flip the sequence number inside the prefix: its CRC must reject it.
@@ -369,7 +422,7 @@ fn torn_prefix_is_never_returned(env: &Env) {
 fn torn_record_is_never_returned(env: &Env) {
     let at = {
         let dwb = env.buffered();
-        dwb.write_record(&rec(1, b"payload that will tear")).unwrap();
+        mirrored(dwb.write_record(&rec(1, b"payload that will tear")));
         frame_offset(&dwb, 1)
     };
     env.overwrite(at + (FRAME_PREFIX_SIZE + HEADER_SIZE + 3) as u64, &[0; 4]);
@@ -380,8 +433,8 @@ fn torn_record_is_never_returned(env: &Env) {
 fn garbage_slot_is_never_returned(env: &Env) {
     let (at, ring_offset) = {
         let dwb = env.buffered();
-        dwb.write_record(&rec(1, b"keep")).unwrap();
-        dwb.write_record(&rec(2, b"garbage me")).unwrap();
+        mirrored(dwb.write_record(&rec(1, b"keep")));
+        mirrored(dwb.write_record(&rec(2, b"garbage me")));
         (frame_offset(&dwb, 2), dwb.geometry().ring_offset_bytes())
     };
     let mut rng = SimRng::new(42);
@@ -417,7 +470,10 @@ fn oversized_record_is_skipped_and_counted(env: &Env) {
     );
     assert_eq!(dwb.skipped_records(), 1);
     assert_eq!(dwb.recover_record(1).unwrap(), None);
-    assert_eq!(dwb.write_record(&rec_of_len(2, 1024)).unwrap(), DwbMirror::Mirrored);
+    assert_eq!(
+        dwb.write_record(&rec_of_len(2, 1024)).unwrap(),
+        DwbMirror::Mirrored
+    );
 }
 
 fn conflicting_geometry_is_refused(env: &Env) {
@@ -441,8 +497,12 @@ fn off_mode_is_refused(env: &Env) {
 }
 
 fn directory_path_is_refused(env: &Env) {
-    let err = DoubleWriteBuffer::open_with(env.vfs.clone(), &env.dir, DwbOptions::new(DwbMode::Buffered))
-        .unwrap_err();
+    let err = DoubleWriteBuffer::open_with(
+        env.vfs.clone(),
+        &env.dir,
+        DwbOptions::new(DwbMode::Buffered),
+    )
+    .unwrap_err();
     assert_eq!(err.code(), "ERR_PATH_IS_DIRECTORY", "{err}");
 }
 
@@ -455,14 +515,19 @@ fn direct_mode_writes_only_padded_blocks(env: &Env) {
     // Other tests write DWBs concurrently; measure our own flushes through the file.
     let batch: Vec<WalRecord> = (1..=16).map(|lsn| rec(lsn, &[7; 128])).collect();
     for r in &batch {
-        dwb.write_record_deferred(r).unwrap();
+        mirrored(dwb.write_record_deferred(r));
     }
     dwb.flush().unwrap();
     let frame_bytes = 16 * (FRAME_PREFIX_SIZE + HEADER_SIZE + 128) as u64;
     let start = frame_offset(&dwb, 1);
     let bytes = env.file_bytes();
     let end = start + round_up(frame_bytes, block);
-    assert!(bytes[(start + frame_bytes) as usize..end as usize].iter().all(|&b| b == 0), "padding not zeroed");
+    assert!(
+        bytes[(start + frame_bytes) as usize..end as usize]
+            .iter()
+            .all(|&b| b == 0),
+        "padding not zeroed"
+    );
     // 16 records of 128 B share blocks: far below one stride (the reference) per record.
     assert!(round_up(frame_bytes, block) <= 16 * 512);
 }
@@ -471,7 +536,10 @@ fn invalid_encoded_copy_is_refused(env: &Env) {
     let dwb = env.buffered();
     let mut bytes = rec(1, b"abc").encode();
     bytes[HEADER_SIZE] ^= 1;
-    assert_eq!(dwb.write_encoded_deferred(&bytes).unwrap_err().code(), "ERR_RECORD_CHECKSUM");
+    assert_eq!(
+        dwb.write_encoded_deferred(&bytes).unwrap_err().code(),
+        "ERR_RECORD_CHECKSUM"
+    );
     assert_eq!(dwb.pending_records(), 0);
 }
 
@@ -483,24 +551,32 @@ fn crash_during_flush_keeps_earlier_copies() {
         let sim = env.sim.clone().unwrap();
         let dwb = env.small(DwbMode::Buffered, 8, 2048).unwrap();
         for lsn in 1..=4 {
-            dwb.write_record(&rec(lsn, &[lsn as u8; 300])).unwrap();
+            mirrored(dwb.write_record(&rec(lsn, &[lsn as u8; 300])));
         }
-        let mut plan = crate::io::sim::FaultPlan::default();
-        plan.crash_at = Some(sim.mutation_count() + 1); // the next write
-        sim.set_plan(plan);
+        sim.set_plan(crate::io::sim::FaultPlan {
+            crash_at: Some(sim.mutation_count() + 1), // the next write
+            ..Default::default()
+        });
         for lsn in 5..=8 {
-            dwb.write_record_deferred(&rec(lsn, &[lsn as u8; 300])).unwrap();
+            mirrored(dwb.write_record_deferred(&rec(lsn, &[lsn as u8; 300])));
         }
         assert!(dwb.flush().is_err());
         drop(dwb);
         sim.crash(&mut SimRng::new(seed), TearPolicy::Random);
         let dwb = env.small(DwbMode::Buffered, 8, 2048).unwrap();
         for lsn in 1..=4 {
-            assert_eq!(dwb.recover_record(lsn).unwrap().unwrap().payload(), &[lsn as u8; 300]);
+            assert_eq!(
+                dwb.recover_record(lsn).unwrap().unwrap().payload(),
+                &[lsn as u8; 300]
+            );
         }
         for lsn in 5..=8 {
             if let Some(r) = dwb.recover_record(lsn).unwrap() {
-                assert_eq!(r.payload(), &[lsn as u8; 300], "seed {seed}: torn copy returned");
+                assert_eq!(
+                    r.payload(),
+                    &[lsn as u8; 300],
+                    "seed {seed}: torn copy returned"
+                );
             }
         }
     }
@@ -512,7 +588,7 @@ fn failed_sync_keeps_copies_for_retry() {
     let env = Env::sim();
     let sim = env.sim.clone().unwrap();
     let dwb = env.buffered();
-    dwb.write_record_deferred(&rec(1, b"a")).unwrap();
+    mirrored(dwb.write_record_deferred(&rec(1, b"a")));
     let mut plan = crate::io::sim::FaultPlan::default();
     plan.fail_sync_at.insert(sim.mutation_count() + 2);
     sim.set_plan(plan);
@@ -536,11 +612,14 @@ fn staging_while_flushing_loses_nothing() {
         })
     };
     for lsn in 1..=2000 {
-        dwb.write_record_deferred(&rec(lsn, &lsn.to_le_bytes())).unwrap();
+        mirrored(dwb.write_record_deferred(&rec(lsn, &lsn.to_le_bytes())));
     }
     flusher.join().unwrap();
     dwb.flush().unwrap();
     for lsn in 1900..=2000 {
-        assert_eq!(dwb.recover_record(lsn).unwrap().unwrap().payload(), &lsn.to_le_bytes());
+        assert_eq!(
+            dwb.recover_record(lsn).unwrap().unwrap().payload(),
+            &lsn.to_le_bytes()
+        );
     }
 }

@@ -95,6 +95,10 @@ pub enum FileKind {
 }
 
 /// An open file. Positional reads and writes only; no shared cursor.
+#[expect(
+    clippy::len_without_is_empty,
+    reason = "a file's size is read, never tested for emptiness"
+)]
 pub trait VfsFile: Send + Sync + fmt::Debug {
     /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;

@@ -296,7 +296,9 @@ impl SimVfs {
         let inode = state.inodes.get_mut(&ino).expect("inode");
         inode.live.truncate(len as usize);
         inode.durable.truncate(len as usize);
-        inode.dirty_sectors.retain(|&s| s * (SECTOR_SIZE as u64) < len);
+        inode
+            .dirty_sectors
+            .retain(|&s| s * (SECTOR_SIZE as u64) < len);
     }
 
     /// Starts a mutation: counts it and applies the fault plan. `Ok(Some(kind))` tells the
@@ -331,7 +333,9 @@ enum Mutation {
 
 /// Decides the post-crash content of one file. Returns how many sectors were unsynced.
 fn settle_inode(inode: &mut Inode, rng: &mut SimRng, policy: TearPolicy) -> u64 {
-    let dirty: Vec<u64> = std::mem::take(&mut inode.dirty_sectors).into_iter().collect();
+    let dirty: Vec<u64> = std::mem::take(&mut inode.dirty_sectors)
+        .into_iter()
+        .collect();
     let live_len = inode.live.len();
     let durable_len = inode.durable.len();
     // The size changes with a sync only; an unsynced extension may or may not survive.
@@ -408,7 +412,10 @@ impl SimFile {
             return Ok(());
         }
         let align = state.direct_io_alignment;
-        if ptr % align != 0 || len % align != 0 || offset % align as u64 != 0 {
+        if !ptr.is_multiple_of(align)
+            || !len.is_multiple_of(align)
+            || !offset.is_multiple_of(align as u64)
+        {
             return Err(io::Error::from_raw_os_error(libc_einval()));
         }
         Ok(())
@@ -515,7 +522,11 @@ impl Vfs for SimVfs {
         if SimVfs::begin_mutation(&mut state, boot)? == Mutation::PowerLoss {
             return Err(powered_off_error());
         }
-        state.live_dirs.get_mut(&dir).expect("present").remove(&name);
+        state
+            .live_dirs
+            .get_mut(&dir)
+            .expect("present")
+            .remove(&name);
         Ok(())
     }
 
@@ -581,7 +592,10 @@ impl Vfs for SimVfs {
         }
         for ancestor in dir.ancestors() {
             state.live_dirs.entry(ancestor.to_path_buf()).or_default();
-            state.durable_dirs.entry(ancestor.to_path_buf()).or_default();
+            state
+                .durable_dirs
+                .entry(ancestor.to_path_buf())
+                .or_default();
         }
         Ok(())
     }
@@ -597,9 +611,10 @@ impl Vfs for SimVfs {
             Mutation::Normal | Mutation::NoSpace => {}
         }
         state.stats.dir_syncs += 1;
-        let live = state.live_dirs.get(dir).cloned().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, "directory does not exist")
-        })?;
+        let live =
+            state.live_dirs.get(dir).cloned().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "directory does not exist")
+            })?;
         state.durable_dirs.insert(dir.to_path_buf(), live);
         Ok(())
     }
@@ -628,9 +643,10 @@ impl VfsFile for SimFile {
             return Err(powered_off_error());
         }
         self.check_direct(&state, buf.as_ptr() as usize, buf.len(), offset)?;
-        let inode = state.inodes.get(&self.ino).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, "file vanished")
-        })?;
+        let inode = state
+            .inodes
+            .get(&self.ino)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "file vanished"))?;
         let offset = offset as usize;
         if offset >= inode.live.len() {
             return Ok(0);
@@ -660,9 +676,10 @@ impl VfsFile for SimFile {
         }
         state.stats.writes += 1;
         state.stats.bytes_written += len as u64;
-        let inode = state.inodes.get_mut(&self.ino).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, "file vanished")
-        })?;
+        let inode = state
+            .inodes
+            .get_mut(&self.ino)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "file vanished"))?;
         let start = offset as usize;
         let end = start + len;
         if inode.live.len() < end {
@@ -694,9 +711,10 @@ impl VfsFile for SimFile {
             Mutation::Normal | Mutation::NoSpace => {}
         }
         state.stats.file_syncs += 1;
-        let inode = state.inodes.get_mut(&self.ino).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, "file vanished")
-        })?;
+        let inode = state
+            .inodes
+            .get_mut(&self.ino)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "file vanished"))?;
         let dirty = std::mem::take(&mut inode.dirty_sectors);
         inode.durable.resize(inode.live.len(), 0);
         for sector in dirty {
@@ -718,7 +736,10 @@ impl VfsFile for SimFile {
         if state.powered_off || self.boot != state.boot {
             return Err(powered_off_error());
         }
-        Ok(state.inodes.get(&self.ino).map_or(0, |i| i.live.len() as u64))
+        Ok(state
+            .inodes
+            .get(&self.ino)
+            .map_or(0, |i| i.live.len() as u64))
     }
 
     fn try_lock_exclusive(&self) -> io::Result<bool> {
@@ -802,7 +823,10 @@ mod tests {
                 "garbage"
             });
         }
-        assert!(kinds.len() >= 2, "16 sectors all tore the same way: {kinds:?}");
+        assert!(
+            kinds.len() >= 2,
+            "16 sectors all tore the same way: {kinds:?}"
+        );
     }
 
     #[test]
@@ -841,7 +865,10 @@ mod tests {
         assert!(vfs.is_powered_off());
         assert!(f.read_at(&mut [0; 1], 0).is_err());
         vfs.crash(&mut SimRng::new(1), TearPolicy::KeepOld);
-        assert!(f.read_at(&mut [0; 1], 0).is_err(), "a handle from before the crash works");
+        assert!(
+            f.read_at(&mut [0; 1], 0).is_err(),
+            "a handle from before the crash works"
+        );
     }
 
     #[test]
@@ -863,8 +890,12 @@ mod tests {
     #[test]
     fn second_handle_cannot_take_the_lock() {
         let (vfs, dir) = setup();
-        let a = vfs.open(&dir.join("LOCK"), OpenOptions::create_new()).unwrap();
-        let b = vfs.open(&dir.join("LOCK"), OpenOptions::read_write()).unwrap();
+        let a = vfs
+            .open(&dir.join("LOCK"), OpenOptions::create_new())
+            .unwrap();
+        let b = vfs
+            .open(&dir.join("LOCK"), OpenOptions::read_write())
+            .unwrap();
         assert!(a.try_lock_exclusive().unwrap());
         assert!(!b.try_lock_exclusive().unwrap());
         drop(a);

@@ -1,0 +1,761 @@
+//! A write-ahead log protected by the double-write buffer.
+//!
+//! [`Wal`] runs a commit thread: appends from any thread (or from JavaScript) are queued,
+//! and every append that arrives while a commit is in flight joins the next one — one
+//! DWB sync (when anything is at risk) and one WAL sync for all of them. Each caller gets
+//! its own LSN and its own outcome; a caller is told "durable" only after the WAL sync of
+//! the commit holding its records returned success. See `writer.rs` for the commit and
+//! `recovery.rs` for the recovery decision table.
+
+pub mod recovery;
+mod replay;
+pub mod segment;
+mod writer;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::dwb::{DoubleWriteBuffer, DwbMode, DwbOptions};
+use crate::error::{Error, Result};
+use crate::io::{FileKind, OpenOptions, StdVfs, Vfs};
+use crate::record::{check_record_type, RecordError, RecordType, MAX_PAYLOAD_BYTES};
+
+pub use replay::Replay;
+pub use segment::SegmentFile;
+use writer::Writer;
+
+/// Name of the DWB file inside a WAL directory.
+pub const DWB_FILE_NAME: &str = "wal.dwb";
+/// Name of the lock file inside a WAL directory.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+pub const DEFAULT_SEGMENT_SIZE_BYTES: u64 = 64 * 1024 * 1024;
+/// Smallest segment accepted (tests use small ones to roll often).
+pub const MIN_SEGMENT_SIZE_BYTES: u64 = 16 * 1024;
+pub const DEFAULT_MAX_COMMIT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What protects acknowledged records from the next commit's write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailProtection {
+    /// Commits are packed; the acknowledged records in the partial last block get DWB
+    /// copies (synced) before the next commit rewrites that block. Two syncs per commit
+    /// when the log does not end on a block boundary; no wasted space.
+    Mirror,
+    /// Every commit ends on a block boundary with a padding record, so no block holding
+    /// acknowledged bytes is ever written again: one sync per commit, up to a block of
+    /// file space per commit.
+    Pad,
+}
+
+impl TailProtection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TailProtection::Mirror => "mirror",
+            TailProtection::Pad => "pad",
+        }
+    }
+    pub fn parse(text: &str) -> Option<TailProtection> {
+        match text {
+            "mirror" => Some(TailProtection::Mirror),
+            "pad" => Some(TailProtection::Pad),
+            _ => None,
+        }
+    }
+}
+
+/// What to do when the DWB cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// Refuse the commit (`ERR_DWB_UNAVAILABLE`) before any WAL byte is written: an
+    /// acknowledged record is never left unprotected.
+    Strict,
+    /// Acknowledge anyway, count the records that were at risk without a copy, and pad
+    /// every later commit so nothing else is ever at risk.
+    Degraded,
+}
+
+impl Protection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protection::Strict => "strict",
+            Protection::Degraded => "degraded",
+        }
+    }
+    pub fn parse(text: &str) -> Option<Protection> {
+        match text {
+            "strict" => Some(Protection::Strict),
+            "degraded" => Some(Protection::Degraded),
+            _ => None,
+        }
+    }
+}
+
+/// How acknowledged records are protected right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtectionState {
+    /// The DWB works and holds the at-risk records of every commit.
+    Active,
+    /// No DWB by choice (`DwbMode::Off`) or `TailProtection::Pad`: protected by padding.
+    Padding,
+    /// The DWB failed (degraded policy): protected by padding since; see the count of
+    /// unprotected records for what was acknowledged without protection.
+    Degraded,
+}
+
+impl ProtectionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtectionState::Active => "active",
+            ProtectionState::Padding => "padding",
+            ProtectionState::Degraded => "degraded",
+        }
+    }
+}
+
+/// Deliberately broken configurations, used only to show that the crash simulator's
+/// checker finds the bugs the reference design had. Never use them for data.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weakness {
+    /// No DWB copies and no padding: the at-risk records are unprotected.
+    NoDwb,
+    /// Recovery looks copies up by the LSN in the damaged header (and gives up when the
+    /// header does not parse), instead of by the expected LSN.
+    LookupByDamagedHeader,
+    /// Recovery repairs in memory only; the damaged bytes stay in the WAL.
+    NoRepairWriteBack,
+    /// Mirror every record of each commit, none of the at-risk ones, and let a commit
+    /// overwrite its own copies when it is larger than the ring.
+    ReferenceMirroring,
+}
+
+/// Options of [`Wal::open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalOptions {
+    pub dwb_mode: DwbMode,
+    /// Open segments with O_DIRECT (every commit then ends on a block boundary).
+    pub direct_io: bool,
+    /// Size of a new segment; a commit that does not fit starts the next one.
+    pub segment_size_bytes: u64,
+    /// DWB capacity (slots) when the DWB is created.
+    pub dwb_capacity: Option<u32>,
+    /// Largest record the DWB holds, when it is created.
+    pub dwb_max_record_bytes: Option<u32>,
+    pub protection: Protection,
+    pub tail_protection: TailProtection,
+    /// Group commit merges queued appends up to this many payload bytes.
+    pub max_commit_bytes: u64,
+    #[doc(hidden)]
+    pub weakness: Option<Weakness>,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            dwb_mode: DwbMode::Buffered,
+            direct_io: false,
+            segment_size_bytes: DEFAULT_SEGMENT_SIZE_BYTES,
+            dwb_capacity: None,
+            dwb_max_record_bytes: None,
+            protection: Protection::Strict,
+            tail_protection: TailProtection::Mirror,
+            max_commit_bytes: DEFAULT_MAX_COMMIT_BYTES,
+            weakness: None,
+        }
+    }
+}
+
+/// One record to append.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecordInput {
+    pub record_type: u32,
+    pub payload: Vec<u8>,
+    pub tenant_id: u64,
+    pub vshard_id: u32,
+    pub database_id: u64,
+}
+
+impl RecordInput {
+    pub fn new(record_type: u32, payload: impl Into<Vec<u8>>) -> RecordInput {
+        RecordInput {
+            record_type,
+            payload: payload.into(),
+            ..RecordInput::default()
+        }
+    }
+
+    fn check(&self) -> std::result::Result<(), RecordError> {
+        if self.payload.len() as u64 > u64::from(MAX_PAYLOAD_BYTES) {
+            return Err(RecordError::PayloadTooLarge {
+                size_bytes: self.payload.len() as u64,
+                max_bytes: u64::from(MAX_PAYLOAD_BYTES),
+            });
+        }
+        check_record_type(self.record_type)
+    }
+}
+
+/// What the recovery at open found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// LSN of the oldest retained record (the next LSN when the log is empty).
+    pub first_lsn: u64,
+    /// LSN of the newest record, 0 when the log is empty.
+    pub last_lsn: u64,
+    pub records: u64,
+    pub segments: u64,
+    pub repaired_from_dwb: u64,
+    pub torn_tail_bytes: u64,
+    pub duration: Duration,
+}
+
+/// Counters of this open WAL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    pub commits: u64,
+    pub records: u64,
+    pub wal_bytes_written: u64,
+    pub dwb_bytes_written: u64,
+    pub wal_syncs: u64,
+    pub dwb_syncs: u64,
+    pub padding_bytes: u64,
+    pub segment_rolls: u64,
+    /// Records acknowledged while at risk without a DWB copy. Zero unless the DWB failed
+    /// under the degraded policy (or an existing log was reopened without a DWB).
+    pub unprotected_records: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProtectionStatus {
+    pub policy: Protection,
+    pub tail_protection: TailProtection,
+    pub state: ProtectionState,
+    pub unprotected_records: u64,
+}
+
+/// Called once with the first LSN of the records, or the error that rejected them.
+pub type AppendCallback = Box<dyn FnOnce(Result<u64>) + Send>;
+/// Called once when everything queued before it is durable, or with the error.
+pub type SyncCallback = Box<dyn FnOnce(Result<()>) + Send>;
+/// Called once with the number of segments removed.
+pub type TruncateCallback = Box<dyn FnOnce(Result<u64>) + Send>;
+
+enum Job {
+    Append {
+        records: Vec<RecordInput>,
+        done: AppendCallback,
+    },
+    Sync {
+        done: SyncCallback,
+    },
+    Truncate {
+        lsn: u64,
+        done: TruncateCallback,
+    },
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    closing: bool,
+}
+
+/// What readers and status calls see; updated by the commit thread after every job.
+#[derive(Debug, Clone)]
+struct View {
+    next_lsn: u64,
+    segments: Vec<SegmentFile>,
+    end: (u64, u64),
+    stats: WalStats,
+    protection: ProtectionStatus,
+}
+
+struct Shared {
+    dir: PathBuf,
+    vfs: Arc<dyn Vfs>,
+    options: WalOptions,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    view: Mutex<View>,
+    report: RecoveryReport,
+}
+
+/// An open write-ahead log. Dropping it closes it (waiting for queued commits).
+pub struct Wal {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.shared.dir)
+            .finish()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The block that commits are protected in units of: at least a page, and at least the
+/// direct-I/O alignment.
+fn protection_block_bytes(direct_io_alignment: Option<usize>) -> u32 {
+    let page = if cfg!(all(target_vendor = "apple", target_arch = "aarch64")) {
+        16 * 1024
+    } else {
+        4096
+    };
+    direct_io_alignment.unwrap_or(page).max(page) as u32
+}
+
+fn check_options(options: &WalOptions) -> Result<()> {
+    if options.segment_size_bytes < MIN_SEGMENT_SIZE_BYTES {
+        return Err(Error::InvalidOptions {
+            detail: format!(
+                "segmentSize {} is below the minimum of {MIN_SEGMENT_SIZE_BYTES} bytes",
+                options.segment_size_bytes
+            ),
+        });
+    }
+    if options.max_commit_bytes == 0 {
+        return Err(Error::InvalidOptions {
+            detail: "maxCommitBytes must be positive".into(),
+        });
+    }
+    Ok(())
+}
+
+impl Wal {
+    /// Opens (creating if needed) and recovers the WAL in `dir` on the real file system.
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
+        Wal::open_with(Arc::new(StdVfs), dir.as_ref(), options)
+    }
+
+    /// Opens and recovers the WAL in `dir` on `vfs`.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] when another handle has it open; [`Error::WalCorrupt`] when
+    /// acknowledged records cannot be recovered (nothing is changed then);
+    /// [`Error::DirectIoUnsupported`]; I/O errors.
+    pub fn open_with(vfs: Arc<dyn Vfs>, dir: &Path, options: WalOptions) -> Result<Wal> {
+        let started = Instant::now();
+        check_options(&options)?;
+        match vfs.kind(dir).map_err(|e| Error::io("inspect", dir, e))? {
+            Some(FileKind::Directory) => {}
+            Some(_) => {
+                return Err(Error::WrongFileKind {
+                    path: dir.to_path_buf(),
+                    detail: "is a file; a WAL is a directory",
+                })
+            }
+            None => {
+                vfs.create_dir_all(dir)
+                    .map_err(|e| Error::io("create WAL directory", dir, e))?;
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    vfs.sync_dir(parent)
+                        .map_err(|e| Error::io("sync directory", parent, e))?;
+                }
+            }
+        }
+        let lock_path = dir.join(LOCK_FILE_NAME);
+        let lock_file = vfs
+            .open(
+                &lock_path,
+                OpenOptions {
+                    write: true,
+                    create: true,
+                    ..OpenOptions::default()
+                },
+            )
+            .map_err(|e| Error::io("open lock file", &lock_path, e))?;
+        if !lock_file
+            .try_lock_exclusive()
+            .map_err(|e| Error::io("lock", &lock_path, e))?
+        {
+            return Err(Error::Locked {
+                path: dir.to_path_buf(),
+            });
+        }
+        let block = protection_block_bytes(lock_file.direct_io_alignment());
+        segment::remove_temporaries(vfs.as_ref(), dir)?;
+        let mut segments = segment::list_segments(vfs.as_ref(), dir)?;
+
+        let dwb_path = dir.join(DWB_FILE_NAME);
+        let mut dwb_failed = false;
+        let mut replace_dwb = false;
+        let use_dwb = options.dwb_mode != DwbMode::Off && options.weakness != Some(Weakness::NoDwb);
+        let dwb_options = DwbOptions {
+            mode: options.dwb_mode,
+            capacity: options.dwb_capacity,
+            max_record_bytes: options.dwb_max_record_bytes,
+        };
+        let mut dwb = if use_dwb {
+            match DoubleWriteBuffer::open_with(vfs.clone(), &dwb_path, dwb_options) {
+                Ok(dwb) => Some(dwb),
+                Err(Error::DwbCorrupt { .. }) => {
+                    // It holds only copies: recover without it, then replace it.
+                    replace_dwb = true;
+                    None
+                }
+                Err(
+                    e @ (Error::DirectIoUnsupported { .. } | Error::DwbGeometryMismatch { .. }),
+                ) => return Err(e),
+                Err(e) if options.protection == Protection::Strict => return Err(e),
+                Err(_) => {
+                    dwb_failed = true;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        if segments.is_empty() {
+            let path =
+                segment::create_segment(vfs.as_ref(), dir, 1, block, options.segment_size_bytes)?;
+            segments.push(SegmentFile { first_lsn: 1, path });
+        }
+        let recovered = recovery::recover(&vfs, &segments, dwb.as_ref(), options.weakness)?;
+        if replace_dwb {
+            let aside = dir.join(format!("{DWB_FILE_NAME}.corrupt"));
+            vfs.rename(&dwb_path, &aside)
+                .map_err(|e| Error::io("move damaged DWB aside", &dwb_path, e))?;
+            match DoubleWriteBuffer::open_with(vfs.clone(), &dwb_path, dwb_options) {
+                Ok(fresh) => dwb = Some(fresh),
+                Err(e) if options.protection == Protection::Strict => return Err(e),
+                Err(_) => dwb_failed = true,
+            }
+        }
+        let report = RecoveryReport {
+            first_lsn: recovered.segments[0].file.first_lsn,
+            last_lsn: recovered.next_lsn - 1,
+            records: recovered.records,
+            segments: recovered.segments.len() as u64,
+            repaired_from_dwb: recovered.repaired_from_dwb,
+            torn_tail_bytes: recovered.torn_tail_bytes,
+            duration: started.elapsed(),
+        };
+        let writer = Writer::new(
+            vfs.clone(),
+            dir,
+            options,
+            dwb,
+            dwb_failed,
+            recovered,
+            lock_file,
+        )?;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            vfs,
+            options,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            view: Mutex::new(view_of(&writer, &options)),
+            report,
+        });
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("doublewrite-commit".into())
+                .spawn(move || commit_loop(shared, writer))
+                .map_err(|e| Error::io("start commit thread", dir, e))?
+        };
+        Ok(Wal {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub fn options(&self) -> &WalOptions {
+        &self.shared.options
+    }
+
+    /// What recovery found when this WAL was opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.shared.report
+    }
+
+    /// LSN the next record will get (once everything queued has committed).
+    pub fn next_lsn(&self) -> u64 {
+        lock(&self.shared.view).next_lsn
+    }
+
+    /// LSN of the newest durable record (0 when none).
+    pub fn last_lsn(&self) -> u64 {
+        lock(&self.shared.view).next_lsn - 1
+    }
+
+    pub fn stats(&self) -> WalStats {
+        lock(&self.shared.view).stats
+    }
+
+    pub fn protection(&self) -> ProtectionStatus {
+        lock(&self.shared.view).protection
+    }
+
+    /// Segments retained, oldest first.
+    pub fn segments(&self) -> Vec<SegmentFile> {
+        lock(&self.shared.view).segments.clone()
+    }
+
+    fn enqueue(&self, job: Job) {
+        let mut queue = lock(&self.shared.queue);
+        if queue.closing {
+            drop(queue);
+            let closed = || Error::Closed { what: "WAL" };
+            match job {
+                Job::Append { done, .. } => done(Err(closed())),
+                Job::Sync { done } => done(Err(closed())),
+                Job::Truncate { done, .. } => done(Err(closed())),
+            }
+            return;
+        }
+        queue.jobs.push_back(job);
+        drop(queue);
+        self.shared.wake.notify_one();
+    }
+
+    /// Queues `records` for the next commit; `done` is called (on the commit thread) with
+    /// the first LSN once they are durable, or with the error. Invalid records are
+    /// rejected at once, without taking an LSN.
+    pub fn submit_append(&self, records: Vec<RecordInput>, done: AppendCallback) {
+        if let Some(e) = records.iter().find_map(|r| r.check().err()) {
+            done(Err(e.into()));
+            return;
+        }
+        self.enqueue(Job::Append { records, done });
+    }
+
+    /// Appends `records` as one commit and returns the LSN of the first once durable.
+    pub fn append_batch(&self, records: Vec<RecordInput>) -> Result<u64> {
+        let (send, receive) = mpsc::channel();
+        self.submit_append(
+            records,
+            Box::new(move |result| {
+                let _ = send.send(result);
+            }),
+        );
+        receive.recv().unwrap_or(Err(Error::Closed { what: "WAL" }))
+    }
+
+    /// Appends one record and returns its LSN once durable.
+    pub fn append(&self, record: RecordInput) -> Result<u64> {
+        self.append_batch(vec![record])
+    }
+
+    /// Calls `done` once everything queued before it is durable. Every commit is synced
+    /// before it is acknowledged, so this is a barrier; it fails on a poisoned WAL.
+    pub fn submit_sync(&self, done: SyncCallback) {
+        self.enqueue(Job::Sync { done });
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        let (send, receive) = mpsc::channel();
+        self.submit_sync(Box::new(move |result| {
+            let _ = send.send(result);
+        }));
+        receive.recv().unwrap_or(Err(Error::Closed { what: "WAL" }))
+    }
+
+    /// Queues a checkpoint: removes whole segments holding only records below `lsn`.
+    pub fn submit_truncate_before(&self, lsn: u64, done: TruncateCallback) {
+        self.enqueue(Job::Truncate { lsn, done });
+    }
+
+    pub fn truncate_before(&self, lsn: u64) -> Result<u64> {
+        let (send, receive) = mpsc::channel();
+        self.submit_truncate_before(
+            lsn,
+            Box::new(move |result| {
+                let _ = send.send(result);
+            }),
+        );
+        receive.recv().unwrap_or(Err(Error::Closed { what: "WAL" }))
+    }
+
+    /// Durable records from `from_lsn` (0: from the oldest retained) to the newest
+    /// acknowledged when this is called, in LSN order. Records of types not in
+    /// `known_types` (default: [`RecordType::BUILT_IN`]) are skipped when optional and
+    /// end the replay with an error when required.
+    pub fn replay(&self, from_lsn: u64, known_types: Option<BTreeSet<u32>>) -> Result<Replay> {
+        let view = lock(&self.shared.view).clone();
+        let first = view.segments.first().map_or(view.next_lsn, |s| s.first_lsn);
+        if from_lsn != 0 && from_lsn < first {
+            return Err(Error::InvalidOptions {
+                detail: format!(
+                    "fromLsn {from_lsn} is below the oldest retained record (LSN {first}): earlier records were truncated"
+                ),
+            });
+        }
+        let known = known_types.unwrap_or_else(|| RecordType::BUILT_IN.into_iter().collect());
+        Ok(Replay::new(
+            self.shared.vfs.clone(),
+            view.segments,
+            view.end,
+            view.next_lsn,
+            from_lsn.max(first),
+            known,
+        ))
+    }
+
+    /// Waits for queued commits, stops the commit thread and releases the directory lock.
+    /// Idempotent.
+    pub fn close(&self) -> Result<()> {
+        lock(&self.shared.queue).closing = true;
+        self.shared.wake.notify_all();
+        let handle = lock(&self.thread).take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                return Err(Error::WalPoisoned {
+                    detail: "the commit thread panicked".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        lock(&self.shared.queue).closing
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn view_of(writer: &Writer, options: &WalOptions) -> View {
+    let mut stats = writer.stats;
+    stats.dwb_bytes_written = writer.dwb().map_or(0, |d| d.bytes_written());
+    View {
+        next_lsn: writer.next_lsn(),
+        segments: writer.segments.clone(),
+        end: writer.end_position(),
+        stats,
+        protection: ProtectionStatus {
+            policy: options.protection,
+            tail_protection: options.tail_protection,
+            state: writer.protection_state(),
+            unprotected_records: stats.unprotected_records,
+        },
+    }
+}
+
+/// Takes the next unit of work: consecutive appends up to the commit size limit, or one
+/// other job. `None` once closing and drained.
+fn next_jobs(shared: &Shared) -> Option<Vec<Job>> {
+    let mut queue = lock(&shared.queue);
+    while queue.jobs.is_empty() && !queue.closing {
+        queue = shared
+            .wake
+            .wait(queue)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    }
+    let first = queue.jobs.pop_front()?;
+    let mut jobs = vec![first];
+    if let Job::Append { records, .. } = &jobs[0] {
+        let mut bytes: u64 = records.iter().map(|r| r.payload.len() as u64).sum();
+        while let Some(Job::Append { records, .. }) = queue.jobs.front() {
+            let more: u64 = records.iter().map(|r| r.payload.len() as u64).sum();
+            if bytes + more > shared.options.max_commit_bytes {
+                break;
+            }
+            bytes += more;
+            jobs.push(queue.jobs.pop_front().expect("front exists"));
+        }
+    }
+    Some(jobs)
+}
+
+fn commit_loop(shared: Arc<Shared>, mut writer: Writer) {
+    while let Some(jobs) = next_jobs(&shared) {
+        let completions = run_jobs(&mut writer, jobs);
+        // Publish the new state before telling anyone: a caller that reads the log right
+        // after its append returns must see its own record.
+        *lock(&shared.view) = view_of(&writer, &shared.options);
+        for complete in completions {
+            complete();
+        }
+    }
+}
+
+type Completion = Box<dyn FnOnce() + Send>;
+
+/// Runs one unit of work and returns the callbacks to invoke once the view is updated.
+fn run_jobs(writer: &mut Writer, jobs: Vec<Job>) -> Vec<Completion> {
+    let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
+    if matches!(jobs[0], Job::Append { .. }) {
+        let mut batch = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if let Job::Append { records, done } = job {
+                batch.push((records, done));
+            }
+        }
+        let result = {
+            let refs: Vec<&[RecordInput]> = batch.iter().map(|(r, _)| r.as_slice()).collect();
+            guarded(writer, |w| w.commit(&refs, false))
+        };
+        let mut lsn = result.as_ref().copied().unwrap_or(0);
+        for (records, done) in batch {
+            let outcome = match &result {
+                Ok(_) => Ok(lsn),
+                Err(e) => Err(e.clone()),
+            };
+            completions.push(Box::new(move || done(outcome)));
+            lsn += records.len() as u64;
+        }
+        return completions;
+    }
+    for job in jobs {
+        match job {
+            Job::Sync { done } => {
+                let outcome = match writer.is_poisoned() {
+                    Some(detail) => Err(Error::WalPoisoned {
+                        detail: detail.to_string(),
+                    }),
+                    None => Ok(()),
+                };
+                completions.push(Box::new(move || done(outcome)));
+            }
+            Job::Truncate { lsn, done } => {
+                let outcome = guarded(writer, |w| w.truncate_before(lsn));
+                completions.push(Box::new(move || done(outcome)));
+            }
+            Job::Append { .. } => unreachable!("appends are batched above"),
+        }
+    }
+    completions
+}
+
+/// Runs `f`; a panic inside (a bug) poisons nothing silently: it becomes an error for the
+/// callers, and the writer refuses further work.
+fn guarded<T>(writer: &mut Writer, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(|| f(writer))) {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            let detail = format!("internal error in the commit thread: {message}");
+            writer.poison(detail.clone());
+            Err(Error::WalPoisoned { detail })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,546 @@
+//! The writer: owns the active segment and the DWB, and runs one commit at a time.
+//!
+//! A commit is laid out in memory, then:
+//!
+//! 1. **DWB write + sync** of the *at-risk set*: the acknowledged records that overlap the
+//!    partial block at the end of the log. The commit's first write rewrites that block
+//!    (the page cache writes whole pages; direct I/O writes whole blocks), so while it is
+//!    in flight those records could tear. Nothing else acknowledged is ever rewritten.
+//! 2. **WAL write** of the commit's bytes (in direct mode, of whole blocks).
+//! 3. **WAL sync** (fdatasync). Only now are the commit's records acknowledged.
+//!
+//! A commit whose last block would hold a record too large for a DWB slot, every commit
+//! under `TailProtection::Pad`, every commit in direct-I/O mode, and every commit while
+//! the DWB is off or failed ends with a padding record on a block boundary instead: the
+//! next commit then starts on a fresh block and puts nothing acknowledged at risk.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::align::{round_down, round_up, AlignedBuf};
+use crate::dwb::{DoubleWriteBuffer, DwbMirror};
+use crate::error::{Error, Result};
+use crate::io::{self, OpenOptions, Vfs, VfsFile};
+use crate::record::{encode_padding_into, RecordHeader, HEADER_SIZE};
+
+use super::recovery::{RecordSpan, Recovered};
+use super::segment::{self, SegmentFile};
+use super::{ProtectionState, RecordInput, TailProtection, WalOptions, WalStats, Weakness};
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct Active {
+    file: Box<dyn VfsFile>,
+    path: PathBuf,
+    first_lsn: u64,
+    /// Protection block: the unit the device or page cache rewrites; also direct-I/O
+    /// alignment. Records start at this offset.
+    block: u64,
+    size: u64,
+    /// End of the last acknowledged record.
+    end: u64,
+    /// Bytes up to here may hold unsynced leftovers of a failed write; the next commit
+    /// overwrites them with zeros.
+    dirty_end: u64,
+}
+
+/// Acknowledged records overlapping the partial block at the end of the log.
+#[derive(Debug, Default)]
+struct Tail {
+    /// Offset of `bytes[0]` in the active segment.
+    start: u64,
+    bytes: Vec<u8>,
+    records: Vec<RecordSpan>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Writer {
+    vfs: Arc<dyn Vfs>,
+    dir: PathBuf,
+    options: WalOptions,
+    dwb: Option<DoubleWriteBuffer>,
+    /// The DWB failed under the degraded policy: commits are padded from now on.
+    dwb_failed: bool,
+    pub(crate) segments: Vec<SegmentFile>,
+    active: Active,
+    next_lsn: u64,
+    tail: Tail,
+    poisoned: Option<String>,
+    pub(crate) stats: WalStats,
+    buf: AlignedBuf,
+    /// Held for the writer's lifetime: the directory lock.
+    _lock: Box<dyn VfsFile>,
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        options: WalOptions,
+        dwb: Option<DoubleWriteBuffer>,
+        dwb_failed: bool,
+        recovered: Recovered,
+        lock: Box<dyn VfsFile>,
+    ) -> Result<Writer> {
+        let last = recovered.segments.last().expect("recovery keeps a segment");
+        let block = u64::from(last.header.block_size_bytes);
+        let file = vfs
+            .open(
+                &last.file.path,
+                OpenOptions::read_write().with_direct(options.direct_io),
+            )
+            .map_err(|e| open_segment_error(&last.file.path, e))?;
+        if options.direct_io {
+            let alignment = file.direct_io_alignment().unwrap_or(4096) as u64;
+            if block % alignment != 0 {
+                return Err(Error::DirectIoUnsupported {
+                    path: last.file.path.clone(),
+                    detail: format!(
+                        "the segment uses {block}-byte blocks but direct I/O here needs {alignment}-byte alignment"
+                    ),
+                });
+            }
+        }
+        let size = file
+            .len()
+            .map_err(|e| Error::io("measure segment", &last.file.path, e))?;
+        let tail_start = recovered
+            .tail_records
+            .first()
+            .map_or(last.end_offset, |r| r.offset);
+        let active = Active {
+            file,
+            path: last.file.path.clone(),
+            first_lsn: last.file.first_lsn,
+            block,
+            size,
+            end: last.end_offset,
+            dirty_end: last.end_offset,
+        };
+        let block_bytes = block as usize;
+        let mut writer = Writer {
+            vfs,
+            dir: dir.to_path_buf(),
+            segments: recovered.segments.iter().map(|s| s.file.clone()).collect(),
+            active,
+            next_lsn: recovered.next_lsn,
+            tail: Tail {
+                start: tail_start,
+                bytes: recovered.tail_bytes,
+                records: recovered.tail_records,
+            },
+            poisoned: None,
+            stats: WalStats::default(),
+            buf: AlignedBuf::new(block_bytes * 16, block_bytes),
+            options,
+            dwb,
+            dwb_failed,
+            _lock: lock,
+        };
+        if writer.options.direct_io && !writer.active.end.is_multiple_of(block) {
+            // A log last written in buffered mode: end it on a block boundary so every
+            // direct write from now on starts aligned.
+            writer.commit(&[], true)?;
+        }
+        Ok(writer)
+    }
+
+    pub(crate) fn next_lsn(&self) -> u64 {
+        self.next_lsn
+    }
+
+    /// Refuses all further commits (after an internal error).
+    pub(crate) fn poison(&mut self, detail: String) {
+        self.poisoned = Some(detail);
+    }
+
+    pub(crate) fn is_poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    /// The end of the log: (active segment first LSN, offset of its end).
+    pub(crate) fn end_position(&self) -> (u64, u64) {
+        (self.active.first_lsn, self.active.end)
+    }
+
+    pub(crate) fn protection_state(&self) -> ProtectionState {
+        if self.dwb_failed || (self.dwb.is_none() && self.options.dwb_mode != crate::DwbMode::Off) {
+            ProtectionState::Degraded
+        } else if self.always_pad() {
+            ProtectionState::Padding
+        } else {
+            ProtectionState::Active
+        }
+    }
+
+    /// Whether commits must end on a block boundary (see the module documentation).
+    fn always_pad(&self) -> bool {
+        self.options.direct_io
+            || (self.options.tail_protection == TailProtection::Pad
+                && self.options.weakness.is_none())
+            || ((self.dwb.is_none() || self.dwb_failed) && self.options.weakness.is_none())
+    }
+
+    /// Commits the records of `requests` as one commit and returns the first LSN.
+    /// `force_pad` ends the commit on a block boundary even with no records.
+    pub(crate) fn commit(&mut self, requests: &[&[RecordInput]], force_pad: bool) -> Result<u64> {
+        if let Some(detail) = &self.poisoned {
+            return Err(Error::WalPoisoned {
+                detail: detail.clone(),
+            });
+        }
+        let first_lsn = self.next_lsn;
+        let record_count: u64 = requests.iter().map(|r| r.len() as u64).sum();
+        if record_count == 0 && !force_pad {
+            return Ok(first_lsn);
+        }
+        // Records are encoded once, at offset 0 of `buf`; the direct-I/O prefix (the
+        // acknowledged bytes of the first block) is inserted in front when writing.
+        let mut body = Vec::with_capacity(
+            requests
+                .iter()
+                .flat_map(|r| r.iter())
+                .map(|r| HEADER_SIZE + r.payload.len())
+                .sum(),
+        );
+        let mut spans = Vec::with_capacity(record_count as usize);
+        for (lsn, record) in (first_lsn..).zip(requests.iter().flat_map(|r| r.iter())) {
+            let header = RecordHeader {
+                record_type: record.record_type,
+                key_id: 0,
+                lsn,
+                commit_lsn: first_lsn,
+                tenant_id: record.tenant_id,
+                vshard_id: record.vshard_id,
+                database_id: record.database_id,
+                payload_len: record.payload.len() as u32,
+                crc: 0,
+            };
+            let at = body.len();
+            crate::record::encode_record_into(&mut body, header, &record.payload);
+            spans.push(RecordSpan {
+                offset: at as u64,
+                len: (body.len() - at) as u32,
+                user: true,
+            });
+        }
+        let mut base = self.active.end;
+        let mut pad_len = self.padding_for(base, &body, &spans, force_pad);
+        let total = body.len() as u64 + pad_len;
+        if base + total > self.active.size {
+            if base > self.active.block {
+                self.roll(first_lsn, total)?;
+                base = self.active.end;
+                pad_len = self.padding_for(base, &body, &spans, force_pad);
+            } else {
+                // An empty segment too small for this commit grows instead.
+                self.grow_active(round_up(base + total, self.active.block))?;
+            }
+        }
+        if pad_len > 0 {
+            let at = body.len();
+            encode_padding_into(&mut body, pad_len as usize, first_lsn);
+            spans.push(RecordSpan {
+                offset: at as u64,
+                len: pad_len as u32,
+                user: false,
+            });
+            self.stats.padding_bytes += pad_len;
+        }
+        self.protect(base, &body, &spans)?;
+        let end = base + body.len() as u64;
+        self.write_wal(base, &body)?;
+        if let Err(e) = self.active.file.sync_data() {
+            let detail = format!("fdatasync of {} failed: {e}", self.active.path.display());
+            self.poisoned = Some(detail.clone());
+            return Err(Error::WalPoisoned { detail });
+        }
+        self.stats.wal_syncs += 1;
+        self.stats.commits += 1;
+        self.stats.records += record_count;
+        self.active.end = end;
+        self.next_lsn = first_lsn + record_count;
+        self.update_tail(base, &body, &spans);
+        Ok(first_lsn)
+    }
+
+    /// How many padding bytes end a commit of `body` placed at `base`.
+    fn padding_for(&self, base: u64, body: &[u8], spans: &[RecordSpan], force_pad: bool) -> u64 {
+        let block = self.active.block;
+        let end = base + body.len() as u64;
+        let window_start = round_down(end, block);
+        let unmirrorable = match &self.dwb {
+            Some(dwb) => spans.iter().any(|s| {
+                base + s.offset + u64::from(s.len) > window_start && s.len > dwb.max_record_bytes()
+            }),
+            None => false,
+        };
+        let reference_like = self.options.weakness.is_some();
+        let pad = force_pad || self.always_pad() || (unmirrorable && !reference_like);
+        if !pad {
+            return 0;
+        }
+        let mut gap = round_up(end, block) - end;
+        if gap > 0 && gap < HEADER_SIZE as u64 {
+            gap += block;
+        }
+        gap
+    }
+
+    /// Step 1 of a commit: make the at-risk set durable in the DWB, together with copies
+    /// of the commit's own records (those that fit in a slot, up to half the ring): the
+    /// at-risk set is required; the others let recovery rescue an interrupted commit and
+    /// repair recent records damaged at rest.
+    fn protect(&mut self, base: u64, body: &[u8], spans: &[RecordSpan]) -> Result<()> {
+        let weakness = self.options.weakness;
+        if weakness == Some(Weakness::ReferenceMirroring) {
+            return self.mirror_like_reference(body, spans);
+        }
+        let at_risk: Vec<RecordSpan> = if base.is_multiple_of(self.active.block) {
+            Vec::new()
+        } else {
+            self.tail
+                .records
+                .iter()
+                .copied()
+                .filter(|r| r.user)
+                .collect()
+        };
+        if weakness == Some(Weakness::NoDwb) {
+            return Ok(());
+        }
+        let mirror_own =
+            self.options.tail_protection == TailProtection::Mirror && !self.options.direct_io;
+        let usable = match &self.dwb {
+            Some(dwb) if !self.dwb_failed => Some(dwb),
+            _ => None,
+        };
+        let Some(dwb) = usable else {
+            // Only the first commit after an existing log lost its DWB lands here with
+            // records at risk (later commits start on fresh blocks): counted, not hidden.
+            self.stats.unprotected_records += at_risk.len() as u64;
+            return Ok(());
+        };
+        if at_risk.is_empty() && !mirror_own {
+            return Ok(());
+        }
+        let result = (|| {
+            for span in &at_risk {
+                let from = (span.offset - self.tail.start) as usize;
+                let bytes = &self.tail.bytes[from..from + span.len as usize];
+                if let DwbMirror::Skipped(reason) = dwb.write_encoded_deferred(bytes)? {
+                    panic!("at-risk record was not mirrorable ({reason:?}); the commit before should have been padded");
+                }
+            }
+            if mirror_own {
+                let budget = dwb.geometry().ring_bytes() / 2;
+                let mut used: u64 = at_risk.iter().map(|r| u64::from(r.len) + 24).sum();
+                for span in spans
+                    .iter()
+                    .filter(|s| s.user && s.len <= dwb.max_record_bytes())
+                {
+                    used += u64::from(span.len) + crate::dwb::FRAME_PREFIX_SIZE as u64;
+                    if used > budget {
+                        break;
+                    }
+                    let from = span.offset as usize;
+                    let _ = dwb.write_encoded_deferred(&body[from..from + span.len as usize])?;
+                }
+            }
+            dwb.flush()
+        })();
+        match result {
+            Ok(()) => {
+                self.stats.dwb_syncs += 1;
+                Ok(())
+            }
+            Err(e) => {
+                dwb.discard_pending();
+                if self.options.protection == super::Protection::Strict {
+                    Err(Error::DwbUnavailable {
+                        path: dwb.path().to_path_buf(),
+                        detail: e.to_string(),
+                    })
+                } else {
+                    self.dwb_failed = true;
+                    self.stats.unprotected_records += at_risk.len() as u64;
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// The reference design (a weakened configuration for the crash simulator): mirror
+    /// every record of the commit, whatever the ring can hold, and none of the at-risk ones.
+    fn mirror_like_reference(&mut self, body: &[u8], spans: &[RecordSpan]) -> Result<()> {
+        let Some(dwb) = &self.dwb else { return Ok(()) };
+        for span in spans.iter().filter(|s| s.user) {
+            let from = span.offset as usize;
+            let _ = dwb.write_encoded_deferred(&body[from..from + span.len as usize])?;
+        }
+        dwb.flush()?;
+        self.stats.dwb_syncs += 1;
+        Ok(())
+    }
+
+    /// Step 2: write the commit's bytes at `base`.
+    fn write_wal(&mut self, base: u64, body: &[u8]) -> Result<()> {
+        let end = base + body.len() as u64;
+        self.buf.clear();
+        let write_start = if self.options.direct_io {
+            let start = round_down(base, self.active.block);
+            if start < base {
+                let from = (start - self.tail.start) as usize;
+                let to = (base - self.tail.start) as usize;
+                self.buf.extend_from_slice(&self.tail.bytes[from..to]);
+            }
+            start
+        } else {
+            base
+        };
+        self.buf.extend_from_slice(body);
+        // Leftovers of an earlier failed write beyond this commit's end become zeros.
+        if self.active.dirty_end > end {
+            let len = self.buf.len() + (self.active.dirty_end - end) as usize;
+            self.buf.resize_zeroed(len);
+        }
+        let span: &[u8] = if self.options.direct_io {
+            self.buf.padded_slice()
+        } else {
+            self.buf.as_slice()
+        };
+        let attempted_end = write_start + span.len() as u64;
+        let result = io::write_all_at(self.active.file.as_ref(), span, write_start);
+        self.stats.wal_bytes_written += span.len() as u64;
+        if let Err(e) = result {
+            self.active.dirty_end = self.active.dirty_end.max(attempted_end);
+            return Err(Error::io("write WAL segment", &self.active.path, e));
+        }
+        // Everything past `end` that this write covered is zeros now.
+        self.active.dirty_end = end;
+        Ok(())
+    }
+
+    /// Keeps the records overlapping the new partial last block (and their bytes).
+    fn update_tail(&mut self, base: u64, body: &[u8], spans: &[RecordSpan]) {
+        let end = base + body.len() as u64;
+        let window_start = round_down(end, self.active.block);
+        let mut records: Vec<RecordSpan> = self
+            .tail
+            .records
+            .iter()
+            .copied()
+            .filter(|r| r.offset < base)
+            .chain(spans.iter().map(|s| RecordSpan {
+                offset: base + s.offset,
+                ..*s
+            }))
+            .filter(|r| r.offset + u64::from(r.len) > window_start)
+            .collect();
+        if end.is_multiple_of(self.active.block) {
+            records.clear();
+        }
+        let start = records.first().map_or(end, |r| r.offset);
+        let mut bytes = Vec::with_capacity((end - start) as usize);
+        if start < base {
+            let from = (start - self.tail.start) as usize;
+            bytes.extend_from_slice(&self.tail.bytes[from..]);
+            bytes.extend_from_slice(body);
+        } else {
+            bytes.extend_from_slice(&body[(start - base) as usize..]);
+        }
+        self.tail = Tail {
+            start,
+            bytes,
+            records,
+        };
+    }
+
+    /// Extends the empty active segment with zeros to `size` bytes, durably.
+    fn grow_active(&mut self, size: u64) -> Result<()> {
+        let mut zeros = AlignedBuf::new(
+            (size - self.active.size) as usize,
+            self.active.block as usize,
+        );
+        zeros.resize_zeroed((size - self.active.size) as usize);
+        io::write_all_at(
+            self.active.file.as_ref(),
+            zeros.as_slice(),
+            self.active.size,
+        )
+        .and_then(|()| self.active.file.sync_all())
+        .map_err(|e| Error::io("extend segment", &self.active.path, e))?;
+        self.active.size = size;
+        Ok(())
+    }
+
+    /// Starts a new segment for a commit whose first record is `first_lsn`.
+    fn roll(&mut self, first_lsn: u64, commit_bytes: u64) -> Result<()> {
+        let block = self.active.block;
+        let size = self
+            .options
+            .segment_size_bytes
+            .max(round_up(block + commit_bytes, block));
+        let path =
+            segment::create_segment(self.vfs.as_ref(), &self.dir, first_lsn, block as u32, size)?;
+        let file = self
+            .vfs
+            .open(
+                &path,
+                OpenOptions::read_write().with_direct(self.options.direct_io),
+            )
+            .map_err(|e| open_segment_error(&path, e))?;
+        self.segments.push(SegmentFile {
+            first_lsn,
+            path: path.clone(),
+        });
+        self.active = Active {
+            file,
+            path,
+            first_lsn,
+            block,
+            size,
+            end: block,
+            dirty_end: block,
+        };
+        self.tail = Tail {
+            start: block,
+            ..Tail::default()
+        };
+        self.stats.segment_rolls += 1;
+        Ok(())
+    }
+
+    /// Removes whole segments whose records all precede `lsn`, oldest first, syncing the
+    /// directory after each removal so a crash leaves a contiguous run of segments.
+    pub(crate) fn truncate_before(&mut self, lsn: u64) -> Result<u64> {
+        let mut removed = 0;
+        while self.segments.len() > 1 && self.segments[1].first_lsn <= lsn {
+            let oldest = self.segments[0].clone();
+            self.vfs
+                .remove_file(&oldest.path)
+                .map_err(|e| Error::io("remove segment", &oldest.path, e))?;
+            self.segments.remove(0);
+            self.vfs
+                .sync_dir(&self.dir)
+                .map_err(|e| Error::io("sync WAL directory", &self.dir, e))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    pub(crate) fn dwb(&self) -> Option<&DoubleWriteBuffer> {
+        self.dwb.as_ref()
+    }
+}
+
+fn open_segment_error(path: &Path, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::Unsupported {
+        return Error::DirectIoUnsupported {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        };
+    }
+    Error::io("open segment", path, e)
+}
