@@ -262,6 +262,9 @@ enum Job {
 struct Queue {
     jobs: VecDeque<Job>,
     closing: bool,
+    /// While set (tests only), the commit thread leaves queued jobs alone, so a test can
+    /// queue several submissions and have them merged deterministically.
+    held: bool,
 }
 
 /// What readers and status calls see; updated by the commit thread after every job.
@@ -423,6 +426,10 @@ impl Wal {
             segments.push(SegmentFile { first_lsn: 1, path });
         }
         let recovered = recovery::recover(&vfs, &segments, dwb.as_ref(), options.weakness)?;
+        // The set of segments recovery accepted may include a name whose directory sync
+        // failed before the last shutdown: make it durable before anything builds on it.
+        vfs.sync_dir(dir)
+            .map_err(|e| Error::io("sync WAL directory", dir, e))?;
         if replace_dwb {
             let aside = dir.join(format!("{DWB_FILE_NAME}.corrupt"));
             vfs.rename(&dwb_path, &aside)
@@ -625,6 +632,14 @@ impl Wal {
         Ok(())
     }
 
+    /// Test hook: while `held`, queued appends wait; releasing lets the commit thread
+    /// merge everything queued into as few commits as the size limit allows.
+    #[doc(hidden)]
+    pub fn hold_commits(&self, held: bool) {
+        lock(&self.shared.queue).held = held;
+        self.shared.wake.notify_all();
+    }
+
     pub fn is_closed(&self) -> bool {
         lock(&self.shared.queue).closing
     }
@@ -657,7 +672,7 @@ fn view_of(writer: &Writer, options: &WalOptions) -> View {
 /// other job. `None` once closing and drained.
 fn next_jobs(shared: &Shared) -> Option<Vec<Job>> {
     let mut queue = lock(&shared.queue);
-    while queue.jobs.is_empty() && !queue.closing {
+    while (queue.jobs.is_empty() || queue.held) && !queue.closing {
         queue = shared
             .wake
             .wait(queue)

@@ -170,7 +170,9 @@ pub fn recover(
                     .map_err(|e| Error::io("write repaired record", &segment.path, e))?;
             }
         }
-        let mut dirty = !scan.repairs.is_empty();
+        // The last segment is synced even when nothing changed: recovery may have read
+        // bytes of a commit whose sync failed; what it returns must be durable.
+        let mut dirty = !scan.repairs.is_empty() || next_first_lsn.is_none();
         if let Some((from, to)) = scan.zero_range {
             let zeros = vec![0u8; (to - from) as usize];
             io::write_all_at(file.as_ref(), &zeros, from)
@@ -182,7 +184,7 @@ pub fn recover(
             file.sync_data()
                 .map_err(|e| Error::io("sync repaired segment", &segment.path, e))?;
         }
-        out.repaired_from_dwb += scan.repairs.len() as u64;
+        out.repaired_from_dwb += scan.repaired_records;
         out.records += scan.records;
         expected = scan.next_lsn;
         if next_first_lsn.is_none() {
@@ -206,7 +208,9 @@ struct SegmentScan {
     next_lsn: u64,
     end_offset: u64,
     records: u64,
+    /// Byte ranges to write back (only blocks that differ from the disk).
     repairs: Vec<(u64, Vec<u8>)>,
+    repaired_records: u64,
     zero_range: Option<(u64, u64)>,
     torn_tail_bytes: u64,
     tail: VecDeque<RecordSpan>,
@@ -226,6 +230,7 @@ fn scan_segment(
     let mut pos = header.data_start();
     let mut records = 0;
     let mut repairs = Vec::new();
+    let mut repaired_records = 0;
     let mut tail: VecDeque<RecordSpan> = VecDeque::new();
     let accept = |tail: &mut VecDeque<RecordSpan>, span: RecordSpan| {
         let end = span.offset + u64::from(span.len);
@@ -285,8 +290,21 @@ fn scan_segment(
         match classify(starts_next, copy.is_some(), later_commit_proven) {
             Decision::Repair => {
                 let copy = copy.expect("repair has a copy");
-                buf[pos as usize..pos as usize + copy.len()].copy_from_slice(&copy);
-                repairs.push((pos, copy));
+                let at = pos as usize;
+                // Write back only the blocks that differ. A block the crash did not touch
+                // is intact, and rewriting it would put its other records at risk: only
+                // the blocks that were in flight have their acknowledged bytes in the DWB.
+                let mut block_start = round_down(pos, block);
+                while block_start < pos + copy.len() as u64 {
+                    let from = block_start.max(pos) as usize;
+                    let to = (block_start + block).min(pos + copy.len() as u64) as usize;
+                    if buf[from..to] != copy[from - at..to - at] {
+                        repairs.push((from as u64, copy[from - at..to - at].to_vec()));
+                    }
+                    block_start += block;
+                }
+                buf[at..at + copy.len()].copy_from_slice(&copy);
+                repaired_records += 1;
                 // Loop again: the repaired bytes now verify as the expected record.
                 continue;
             }
@@ -298,6 +316,7 @@ fn scan_segment(
                     end_offset: pos,
                     records,
                     repairs,
+                    repaired_records,
                     zero_range: None,
                     torn_tail_bytes: 0,
                     tail,
@@ -328,6 +347,7 @@ fn scan_segment(
                     end_offset: pos,
                     records,
                     repairs,
+                    repaired_records,
                     zero_range,
                     torn_tail_bytes: garbage_end.saturating_sub(pos),
                     tail,

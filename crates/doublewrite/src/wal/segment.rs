@@ -150,6 +150,21 @@ pub fn create_segment(
     block_size_bytes: u32,
     size_bytes: u64,
 ) -> Result<PathBuf> {
+    let path = create_segment_file(vfs, dir, first_lsn, block_size_bytes, size_bytes)?;
+    vfs.sync_dir(dir)
+        .map_err(|e| Error::io("sync WAL directory", dir, e))?;
+    Ok(path)
+}
+
+/// Like [`create_segment`] but leaves the directory sync to the caller: the file is
+/// complete and in place, its name not yet durable.
+pub fn create_segment_file(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    first_lsn: u64,
+    block_size_bytes: u32,
+    size_bytes: u64,
+) -> Result<PathBuf> {
     let path = dir.join(segment_name(first_lsn));
     let tmp = dir.join(format!("{}.tmp", segment_name(first_lsn)));
     if vfs.kind(&tmp).ok().flatten().is_some() {
@@ -170,9 +185,7 @@ pub fn create_segment(
             .map_err(|e| Error::io("sync new segment", &tmp, e))?;
         drop(file);
         vfs.rename(&tmp, &path)
-            .map_err(|e| Error::io("rename new segment", &path, e))?;
-        vfs.sync_dir(dir)
-            .map_err(|e| Error::io("sync WAL directory", dir, e))
+            .map_err(|e| Error::io("rename new segment", &path, e))
     })();
     if result.is_err() {
         // Best effort: a leftover .tmp is removed at the next open anyway.

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::align::{round_down, round_up, AlignedBuf};
-use crate::dwb::{DoubleWriteBuffer, DwbMirror};
+use crate::dwb::DoubleWriteBuffer;
 use crate::error::{Error, Result};
 use crate::io::{self, OpenOptions, Vfs, VfsFile};
 use crate::record::{encode_padding_into, RecordHeader, HEADER_SIZE};
@@ -26,6 +26,14 @@ use crate::record::{encode_padding_into, RecordHeader, HEADER_SIZE};
 use super::recovery::{RecordSpan, Recovered};
 use super::segment::{self, SegmentFile};
 use super::{ProtectionState, RecordInput, TailProtection, WalOptions, WalStats, Weakness};
+
+/// The outcome of protecting a commit's at-risk records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protected {
+    Done,
+    /// They cannot be protected where the commit would go: start a new segment.
+    NeedsFreshSegment,
+}
 
 /// The segment being appended to.
 #[derive(Debug)]
@@ -66,6 +74,8 @@ pub(crate) struct Writer {
     next_lsn: u64,
     tail: Tail,
     poisoned: Option<String>,
+    /// A new segment's directory entry is not yet known durable.
+    dir_sync_pending: bool,
     pub(crate) stats: WalStats,
     buf: AlignedBuf,
     /// Held for the writer's lifetime: the directory lock.
@@ -131,6 +141,7 @@ impl Writer {
                 records: recovered.tail_records,
             },
             poisoned: None,
+            dir_sync_pending: false,
             stats: WalStats::default(),
             buf: AlignedBuf::new(block_bytes * 16, block_bytes),
             options,
@@ -138,10 +149,22 @@ impl Writer {
             dwb_failed,
             _lock: lock,
         };
-        if writer.options.direct_io && !writer.active.end.is_multiple_of(block) {
-            // A log last written in buffered mode: end it on a block boundary so every
-            // direct write from now on starts aligned.
-            writer.commit(&[], true)?;
+        // A recovered log whose end shares a block with records the next commit could not
+        // protect (one too large for a DWB slot, or no usable DWB) — or whose end is not
+        // aligned for direct I/O — continues in a new segment, which rewrites nothing.
+        let end = writer.active.end;
+        if !end.is_multiple_of(block) {
+            let at_risk = writer.at_risk(end);
+            let unprotectable = match &writer.dwb {
+                Some(dwb) if !writer.dwb_failed => {
+                    at_risk.iter().any(|r| r.len > dwb.max_record_bytes())
+                }
+                _ => !at_risk.is_empty(),
+            };
+            if writer.options.direct_io || unprotectable {
+                let next = writer.next_lsn;
+                writer.roll(next, 0)?;
+            }
         }
         Ok(writer)
     }
@@ -225,19 +248,22 @@ impl Writer {
                 user: true,
             });
         }
-        let mut base = self.active.end;
-        let mut pad_len = self.padding_for(base, &body, &spans, force_pad);
-        let total = body.len() as u64 + pad_len;
-        if base + total > self.active.size {
-            if base > self.active.block {
-                self.roll(first_lsn, total)?;
-                base = self.active.end;
-                pad_len = self.padding_for(base, &body, &spans, force_pad);
+        let mut base = self.place(first_lsn, &body, &spans, force_pad)?;
+        if self.protect(base, &body, &spans)? == Protected::NeedsFreshSegment {
+            // The DWB failed (degraded policy): a new segment rewrites nothing
+            // acknowledged; if even that fails, the at-risk records were counted.
+            if self
+                .roll(first_lsn, body.len() as u64 + self.active.block)
+                .is_ok()
+            {
+                base = self.place(first_lsn, &body, &spans, force_pad)?;
             } else {
-                // An empty segment too small for this commit grows instead.
-                self.grow_active(round_up(base + total, self.active.block))?;
+                let at_risk = self.at_risk(base).len() as u64;
+                self.stats.unprotected_records += at_risk;
             }
         }
+        self.sync_dir_if_pending()?;
+        let pad_len = self.padding_for(base, &body, &spans, force_pad);
         if pad_len > 0 {
             let at = body.len();
             encode_padding_into(&mut body, pad_len as usize, first_lsn);
@@ -248,7 +274,6 @@ impl Writer {
             });
             self.stats.padding_bytes += pad_len;
         }
-        self.protect(base, &body, &spans)?;
         let end = base + body.len() as u64;
         self.write_wal(base, &body)?;
         if let Err(e) = self.active.file.sync_data() {
@@ -263,6 +288,41 @@ impl Writer {
         self.next_lsn = first_lsn + record_count;
         self.update_tail(base, &body, &spans);
         Ok(first_lsn)
+    }
+
+    /// Where the commit goes: the end of the log, or the start of a new segment when it
+    /// does not fit (an empty segment grows instead).
+    fn place(
+        &mut self,
+        first_lsn: u64,
+        body: &[u8],
+        spans: &[RecordSpan],
+        force_pad: bool,
+    ) -> Result<u64> {
+        let base = self.active.end;
+        let total = body.len() as u64 + self.padding_for(base, body, spans, force_pad);
+        if base + total <= self.active.size {
+            return Ok(base);
+        }
+        if base > self.active.block {
+            self.roll(first_lsn, total)?;
+        } else {
+            self.grow_active(round_up(base + total, self.active.block))?;
+        }
+        Ok(self.active.end)
+    }
+
+    /// The acknowledged records a write at `base` puts at risk.
+    fn at_risk(&self, base: u64) -> Vec<RecordSpan> {
+        if base.is_multiple_of(self.active.block) {
+            return Vec::new();
+        }
+        self.tail
+            .records
+            .iter()
+            .copied()
+            .filter(|r| r.user)
+            .collect()
     }
 
     /// How many padding bytes end a commit of `body` placed at `base`.
@@ -292,23 +352,15 @@ impl Writer {
     /// of the commit's own records (those that fit in a slot, up to half the ring): the
     /// at-risk set is required; the others let recovery rescue an interrupted commit and
     /// repair recent records damaged at rest.
-    fn protect(&mut self, base: u64, body: &[u8], spans: &[RecordSpan]) -> Result<()> {
+    fn protect(&mut self, base: u64, body: &[u8], spans: &[RecordSpan]) -> Result<Protected> {
         let weakness = self.options.weakness;
         if weakness == Some(Weakness::ReferenceMirroring) {
-            return self.mirror_like_reference(body, spans);
+            self.mirror_like_reference(body, spans)?;
+            return Ok(Protected::Done);
         }
-        let at_risk: Vec<RecordSpan> = if base.is_multiple_of(self.active.block) {
-            Vec::new()
-        } else {
-            self.tail
-                .records
-                .iter()
-                .copied()
-                .filter(|r| r.user)
-                .collect()
-        };
+        let at_risk = self.at_risk(base);
         if weakness == Some(Weakness::NoDwb) {
-            return Ok(());
+            return Ok(Protected::Done);
         }
         let mirror_own =
             self.options.tail_protection == TailProtection::Mirror && !self.options.direct_io;
@@ -317,25 +369,35 @@ impl Writer {
             _ => None,
         };
         let Some(dwb) = usable else {
-            // Only the first commit after an existing log lost its DWB lands here with
-            // records at risk (later commits start on fresh blocks): counted, not hidden.
-            self.stats.unprotected_records += at_risk.len() as u64;
-            return Ok(());
+            // Without a DWB every commit ends on a block boundary, and a log whose end
+            // is not on one gets a fresh segment at open: nothing is ever at risk here.
+            debug_assert!(at_risk.is_empty(), "at-risk records without a DWB");
+            return Ok(if at_risk.is_empty() {
+                Protected::Done
+            } else {
+                Protected::NeedsFreshSegment
+            });
         };
         if at_risk.is_empty() && !mirror_own {
-            return Ok(());
+            return Ok(Protected::Done);
+        }
+        if at_risk.iter().any(|r| r.len > dwb.max_record_bytes()) {
+            // Only a recovered tail can hold one (a commit ending on such a record is
+            // padded), and the writer rolls past those at open.
+            return Ok(Protected::NeedsFreshSegment);
         }
         let result = (|| {
             for span in &at_risk {
                 let from = (span.offset - self.tail.start) as usize;
                 let bytes = &self.tail.bytes[from..from + span.len as usize];
-                if let DwbMirror::Skipped(reason) = dwb.write_encoded_deferred(bytes)? {
-                    panic!("at-risk record was not mirrorable ({reason:?}); the commit before should have been padded");
-                }
+                let _ = dwb.write_encoded_deferred(bytes)?;
             }
             if mirror_own {
                 let budget = dwb.geometry().ring_bytes() / 2;
-                let mut used: u64 = at_risk.iter().map(|r| u64::from(r.len) + 24).sum();
+                let mut used: u64 = at_risk
+                    .iter()
+                    .map(|r| u64::from(r.len) + crate::dwb::FRAME_PREFIX_SIZE as u64)
+                    .sum();
                 for span in spans
                     .iter()
                     .filter(|s| s.user && s.len <= dwb.max_record_bytes())
@@ -353,7 +415,7 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.stats.dwb_syncs += 1;
-                Ok(())
+                Ok(Protected::Done)
             }
             Err(e) => {
                 dwb.discard_pending();
@@ -364,8 +426,11 @@ impl Writer {
                     })
                 } else {
                     self.dwb_failed = true;
-                    self.stats.unprotected_records += at_risk.len() as u64;
-                    Ok(())
+                    Ok(if at_risk.is_empty() {
+                        Protected::Done
+                    } else {
+                        Protected::NeedsFreshSegment
+                    })
                 }
             }
         }
@@ -475,15 +540,43 @@ impl Writer {
         Ok(())
     }
 
-    /// Starts a new segment for a commit whose first record is `first_lsn`.
+    /// Erases the leftovers of a failed write past the end of the log and syncs, while
+    /// the DWB still holds the at-risk copies from that commit's flush. Needed before the
+    /// log leaves this segment: no later commit would rewrite (and so protect) the sector
+    /// those leftovers share with acknowledged bytes.
+    fn clean_active(&mut self) -> Result<()> {
+        if self.active.dirty_end <= self.active.end {
+            return Ok(());
+        }
+        let end = self.active.end;
+        self.write_wal(end, &[])?;
+        if let Err(e) = self.active.file.sync_data() {
+            let detail = format!("fdatasync of {} failed: {e}", self.active.path.display());
+            self.poisoned = Some(detail.clone());
+            return Err(Error::WalPoisoned { detail });
+        }
+        self.stats.wal_syncs += 1;
+        Ok(())
+    }
+
+    /// Starts a new segment for a commit whose first record is `first_lsn`. Once the new
+    /// file is in place the writer adopts it, even if the directory sync then fails: that
+    /// sync is retried before any record is written into it, and no half-adopted segment
+    /// is ever left behind for recovery to trip over.
     fn roll(&mut self, first_lsn: u64, commit_bytes: u64) -> Result<()> {
+        self.clean_active()?;
         let block = self.active.block;
         let size = self
             .options
             .segment_size_bytes
             .max(round_up(block + commit_bytes, block));
-        let path =
-            segment::create_segment(self.vfs.as_ref(), &self.dir, first_lsn, block as u32, size)?;
+        let path = segment::create_segment_file(
+            self.vfs.as_ref(),
+            &self.dir,
+            first_lsn,
+            block as u32,
+            size,
+        )?;
         let file = self
             .vfs
             .open(
@@ -509,6 +602,18 @@ impl Writer {
             ..Tail::default()
         };
         self.stats.segment_rolls += 1;
+        self.dir_sync_pending = true;
+        self.sync_dir_if_pending()
+    }
+
+    /// Makes the newest segment's name durable, if that is still outstanding.
+    fn sync_dir_if_pending(&mut self) -> Result<()> {
+        if self.dir_sync_pending {
+            self.vfs
+                .sync_dir(&self.dir)
+                .map_err(|e| Error::io("sync WAL directory", &self.dir, e))?;
+            self.dir_sync_pending = false;
+        }
         Ok(())
     }
 

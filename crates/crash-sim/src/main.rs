@@ -1,0 +1,98 @@
+//! `crash-sim --cases N [--seed S] [--threads T] [--weaken NAME]`
+//!
+//! Runs N seeded crash cases (seeds S, S+1, …) and ends with one line:
+//! `crash-sim: N cases, C crashes, R repairs, V violations`. Exits 1 when V > 0.
+//! A failing case prints its seed and the command that replays it.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use doublewrite_crash_sim::{parse_weakness, run_many, WEAKNESSES};
+
+const USAGE: &str = "usage: crash-sim [--cases N] [--seed S] [--threads T] [--weaken NAME]
+  --cases N      number of cases (default 1000)
+  --seed S       seed of the first case (default 1); case i uses seed S+i
+  --threads T    worker threads (default: available cores)
+  --weaken NAME  run a deliberately broken configuration (the checker must find violations):
+                 no-dwb | lookup-by-damaged-header | no-repair-write-back | batch-exceeds-ring";
+
+fn main() -> ExitCode {
+    let mut cases = 1000u64;
+    let mut seed = 1u64;
+    let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut weakness = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next().unwrap_or_else(|| {
+                eprintln!("{name} needs a value\n{USAGE}");
+                std::process::exit(2);
+            })
+        };
+        let parsed = match arg.as_str() {
+            "--cases" => value("--cases").parse().map(|v| cases = v).is_ok(),
+            "--seed" => value("--seed").parse().map(|v| seed = v).is_ok(),
+            "--threads" => value("--threads").parse().map(|v| threads = v).is_ok(),
+            "--weaken" => {
+                let name = value("--weaken");
+                weakness = parse_weakness(&name);
+                if weakness.is_none() {
+                    eprintln!("unknown weakness {name:?}; one of {WEAKNESSES:?}");
+                }
+                weakness.is_some()
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            _ => false,
+        };
+        if !parsed {
+            eprintln!("bad argument {arg:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    let started = Instant::now();
+    let summary = run_many(seed, cases, threads, weakness);
+    for (case_seed, violation) in summary.failing_seeds.iter().take(20) {
+        eprintln!("VIOLATION seed {case_seed}: {violation}");
+        eprintln!(
+            "  replay: npm run crash-sim -- --seed {case_seed} --cases 1{}",
+            weakness_flag(weakness)
+        );
+    }
+    if summary.failing_seeds.len() > 20 {
+        eprintln!(
+            "… and {} more failing seeds",
+            summary.failing_seeds.len() - 20
+        );
+    }
+    eprintln!(
+        "{} recoveries, {} acknowledged records checked, {:.1} s",
+        summary.recoveries,
+        summary.acknowledged,
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", summary.line());
+    if summary.violations > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn weakness_flag(weakness: Option<doublewrite::wal::Weakness>) -> String {
+    use doublewrite::wal::Weakness;
+    match weakness {
+        None => String::new(),
+        Some(w) => {
+            let name = match w {
+                Weakness::NoDwb => "no-dwb",
+                Weakness::LookupByDamagedHeader => "lookup-by-damaged-header",
+                Weakness::NoRepairWriteBack => "no-repair-write-back",
+                Weakness::ReferenceMirroring => "batch-exceeds-ring",
+            };
+            format!(" --weaken {name}")
+        }
+    }
+}
