@@ -1,0 +1,1244 @@
+/**
+ * doublewrite: torn-write protection for Node.js. A double-write buffer (DWB) and a
+ * write-ahead log (WAL) whose commits are protected by it, implemented in Rust
+ * (`crates/doublewrite`) and exposed through a thin napi-rs binding (`src/`).
+ *
+ * This file is the whole TypeScript API. Its sections mirror the binding's files:
+ *
+ * | section   | binding file      | what                                               |
+ * |-----------|-------------------|----------------------------------------------------|
+ * | errors    | `src/error.rs`    | `[ERR_CODE] message` → `Error` with `code`         |
+ * | records   | `src/record.rs`   | {@link WalRecord}, {@link RecordType}              |
+ * | dwb       | `src/dwb.rs`      | {@link DoubleWriteBuffer}, {@link DwbMode}         |
+ * | wal       | `src/wal.rs`      | {@link Wal}: group commit, recovery, replay        |
+ *
+ * Number conventions:
+ * - LSNs and ids declared u64 (`tenantId`, `databaseId`) are `bigint`.
+ * - Counters that accumulate over the life of a handle or the process
+ *   ({@link Wal.stats}, {@link ProtectionStatus.unprotectedRecords},
+ *   {@link DoubleWriteBuffer.skippedRecords}, {@link DoubleWriteBuffer.bytesWritten},
+ *   {@link dwbBytesWrittenTotal}) are `bigint`: they grow without bound.
+ * - Sizes, geometry and the one-off figures of a report ({@link RecoveryReport} counts,
+ *   durations, {@link Wal.truncateBefore}'s result) are `number`.
+ *
+ * Errors: every error thrown or rejected by this package has a string `code`. Wrong
+ * argument types are `TypeError`s with code `ERR_INVALID_ARG_TYPE`; values out of range
+ * are `RangeError`s with `ERR_OUT_OF_RANGE`; unknown option values are `RangeError`s
+ * with `ERR_INVALID_ARG_VALUE`. Errors of the core carry its stable codes
+ * (see {@link ErrorCode}).
+ *
+ * @packageDocumentation
+ */
+
+import * as native from './binding.js'
+
+// ─── errors (src/error.rs) ─────────────────────────────────────────────────────────────
+
+/**
+ * The stable codes of errors raised by this package. The list can grow; compare with
+ * string literals.
+ */
+export type ErrorCode =
+  /** A wrong JavaScript type was passed (`TypeError`). */
+  | 'ERR_INVALID_ARG_TYPE'
+  /** A number or bigint is outside its range (`RangeError`). */
+  | 'ERR_OUT_OF_RANGE'
+  /** An option has an unknown value (`RangeError`). */
+  | 'ERR_INVALID_ARG_VALUE'
+  /** Options contradict each other or are out of the core's bounds. */
+  | 'ERR_INVALID_OPTIONS'
+  /** An I/O call failed; the message says which, on what path. */
+  | 'ERR_IO'
+  /** The device is full; nothing partial was acknowledged. */
+  | 'ERR_NO_SPACE'
+  /** Direct I/O was asked for where it is not available. */
+  | 'ERR_DIRECT_IO_UNSUPPORTED'
+  /** A double-write buffer was opened with mode `'off'`. */
+  | 'ERR_DWB_OFF'
+  /** The DWB file is not a DWB or its header is damaged. */
+  | 'ERR_DWB_CORRUPT'
+  /** Options conflict with the geometry stored in an existing DWB file. */
+  | 'ERR_DWB_GEOMETRY'
+  /** The DWB could not protect a commit under the `'strict'` policy. */
+  | 'ERR_DWB_UNAVAILABLE'
+  /** A path names a directory where a file is expected (or the reverse). */
+  | 'ERR_PATH_IS_DIRECTORY'
+  /** Acknowledged records cannot be recovered; nothing was changed on disk. */
+  | 'ERR_WAL_CORRUPT'
+  /** A sync failed earlier; reopen the WAL so recovery decides what survived. */
+  | 'ERR_WAL_POISONED'
+  /** Another handle (this process, a worker or another process) holds the WAL. */
+  | 'ERR_LOCKED'
+  /** The WAL handle is closed. */
+  | 'ERR_WAL_CLOSED'
+  /** The double-write buffer handle is closed. */
+  | 'ERR_DWB_CLOSED'
+  /** Replay met a required record type the reader does not know. */
+  | 'ERR_WAL_UNKNOWN_RECORD_TYPE'
+  /** A payload is larger than {@link MAX_PAYLOAD_BYTES}. */
+  | 'ERR_RECORD_TOO_LARGE'
+  /** A record type sets a reserved bit (14: encrypted, 31: framing). */
+  | 'ERR_RECORD_TYPE'
+  /** A record's checksum does not match its bytes. */
+  | 'ERR_RECORD_CHECKSUM'
+  /** Bytes are not exactly one valid record. */
+  | 'ERR_RECORD_CORRUPT'
+
+/** An error raised by this package: an `Error` (or `TypeError` / `RangeError`) with a `code`. */
+export type DoublewriteError = Error & { code: ErrorCode }
+
+const CODED_MESSAGE = /^\[([A-Z][A-Z0-9_]*)\] ([\s\S]*)$/
+
+type ErrorClass = ErrorConstructor | TypeErrorConstructor | RangeErrorConstructor
+
+function errorClassFor(code: string): ErrorClass {
+  switch (code) {
+    case 'ERR_INVALID_ARG_TYPE':
+      return TypeError
+    case 'ERR_OUT_OF_RANGE':
+    case 'ERR_INVALID_ARG_VALUE':
+      return RangeError
+    default:
+      return Error
+  }
+}
+
+/** Builds a coded error the way Node's own errors look: `TypeError [ERR_X]: message`. */
+function codedError(code: string, message: string, frames?: string): DoublewriteError {
+  const error = new (errorClassFor(code))(message) as DoublewriteError
+  Object.defineProperty(error, 'code', {
+    value: code,
+    enumerable: true,
+    writable: true,
+    configurable: true,
+  })
+  const ownHead = `${error.name}: ${message}`
+  const stack = error.stack ?? ownHead
+  const ownFrames = stack.startsWith(ownHead) ? stack.slice(ownHead.length) : ''
+  error.stack = `${error.name} [${code}]: ${message}${frames ?? ownFrames}`
+  return error
+}
+
+/**
+ * Turns an error thrown by the binding (`[ERR_CODE] message`) into a coded error, keeping
+ * the stack frames of the original. Anything else passes through unchanged.
+ */
+function fromNative(error: unknown): unknown {
+  if (!(error instanceof Error)) return error
+  const match = CODED_MESSAGE.exec(error.message)
+  if (match === null) return error
+  const [, code = 'ERR_IO', message = ''] = match
+  const head = `${error.name}: ${error.message}`
+  const stack = error.stack ?? head
+  const frames = stack.startsWith(head) ? stack.slice(head.length) : ''
+  return codedError(code, message, frames)
+}
+
+/**
+ * For errors that arrive asynchronously (a pool task or the commit thread), whose own
+ * stack is empty: convert, then capture the stack of the `await` that received it, which
+ * V8 extends with the async callers.
+ */
+function fromNativeAsync(error: unknown): unknown {
+  const converted = fromNative(error)
+  if (converted instanceof Error) {
+    const code = (converted as Partial<DoublewriteError>).code
+    const holder: { stack?: string } = {}
+    Error.captureStackTrace(holder, fromNativeAsync)
+    const frames = (holder.stack ?? '').replace(/^Error\n?/, '\n')
+    const head = code === undefined ? `${converted.name}: ${converted.message}` : `${converted.name} [${code}]: ${converted.message}`
+    converted.stack = head + (frames === '\n' ? '' : frames)
+  }
+  return converted
+}
+
+/** Calls into the binding, converting its errors. */
+function call<T>(fn: () => T): T {
+  try {
+    return fn()
+  } catch (error) {
+    throw fromNative(error)
+  }
+}
+
+/** Awaits a promise of the binding, converting its rejection. */
+async function callAsync<T>(promise: () => Promise<T>): Promise<T> {
+  let pending: Promise<T>
+  try {
+    pending = promise()
+  } catch (error) {
+    throw fromNative(error)
+  }
+  try {
+    return await pending
+  } catch (error) {
+    throw fromNativeAsync(error)
+  }
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null'
+  if (value === undefined) return 'undefined'
+  if (typeof value === 'function') return `function ${value.name || '<anonymous>'}`
+  if (typeof value === 'object') {
+    const name = (value as object).constructor?.name
+    return name ? `an instance of ${name}` : 'an object'
+  }
+  let shown = typeof value === 'bigint' ? `${value}n` : String(value)
+  if (shown.length > 28) shown = `${shown.slice(0, 25)}...`
+  if (typeof value === 'string') shown = `'${shown}'`
+  return `type ${typeof value} (${shown})`
+}
+
+function invalidType(name: string, expected: string, value: unknown): DoublewriteError {
+  return codedError('ERR_INVALID_ARG_TYPE', `The "${name}" argument must be ${expected}. Received ${describe(value)}`)
+}
+
+function outOfRange(name: string, range: string, value: unknown): DoublewriteError {
+  return codedError(
+    'ERR_OUT_OF_RANGE',
+    `The value of "${name}" is out of range. It must be ${range}. Received ${typeof value === 'bigint' ? `${value}n` : String(value)}`,
+  )
+}
+
+function invalidValue(name: string, allowed: readonly string[], value: unknown): DoublewriteError {
+  return codedError(
+    'ERR_INVALID_ARG_VALUE',
+    `The "${name}" argument must be one of ${allowed.map((v) => `'${v}'`).join(', ')}. Received ${describe(value)}`,
+  )
+}
+
+/** Largest value of a u64, the range of LSNs and ids. */
+const U64_MAX = (1n << 64n) - 1n
+const U32_MAX = 0xffff_ffff
+
+function checkU64(name: string, value: unknown, min = 0n): bigint {
+  if (typeof value !== 'bigint') throw invalidType(name, 'of type bigint', value)
+  if (value < min || value > U64_MAX) throw outOfRange(name, `>= ${min}n and <= 2n ** 64n - 1n`, value)
+  return value
+}
+
+function checkOptionalU64(name: string, value: unknown): bigint | undefined {
+  return value === undefined ? undefined : checkU64(name, value)
+}
+
+function checkInteger(name: string, value: unknown, max: number, min = 0): number {
+  if (typeof value !== 'number') throw invalidType(name, 'of type number', value)
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw outOfRange(name, `an integer >= ${min} and <= ${max}`, value)
+  }
+  return value
+}
+
+function checkOptionalInteger(name: string, value: unknown, max: number, min = 0): number | undefined {
+  return value === undefined ? undefined : checkInteger(name, value, max, min)
+}
+
+function checkBytes(name: string, value: unknown): Uint8Array {
+  if (!(value instanceof Uint8Array)) throw invalidType(name, 'an instance of Uint8Array or Buffer', value)
+  return value
+}
+
+function checkBoolean(name: string, value: unknown): boolean {
+  if (typeof value !== 'boolean') throw invalidType(name, 'of type boolean', value)
+  return value
+}
+
+function checkOneOf<T extends string>(name: string, value: unknown, allowed: readonly T[]): T {
+  if (typeof value !== 'string') throw invalidType(name, 'of type string', value)
+  if (!(allowed as readonly string[]).includes(value)) throw invalidValue(name, allowed, value)
+  return value as T
+}
+
+function checkOptions(name: string, value: unknown, required: boolean): Record<string, unknown> {
+  if (value === undefined && !required) return {}
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw invalidType(name, 'of type object', value)
+  }
+  return value as Record<string, unknown>
+}
+
+function checkPath(name: string, value: unknown): string {
+  if (value instanceof URL) {
+    if (value.protocol !== 'file:') throw invalidValue(name, ['a file: URL'], value.href)
+    return decodeURIComponent(value.pathname)
+  }
+  if (typeof value !== 'string') throw invalidType(name, 'of type string or an instance of URL', value)
+  if (value.length === 0) throw invalidValue(name, ['a non-empty path'], value)
+  return value
+}
+
+const disposeSymbol: typeof Symbol.dispose =
+  (Symbol as { dispose?: typeof Symbol.dispose }).dispose ?? (Symbol.for('nodejs.dispose') as typeof Symbol.dispose)
+const asyncDisposeSymbol: typeof Symbol.asyncDispose =
+  (Symbol as { asyncDispose?: typeof Symbol.asyncDispose }).asyncDispose ??
+  (Symbol.for('nodejs.asyncDispose') as typeof Symbol.asyncDispose)
+
+// ─── records (src/record.rs) ───────────────────────────────────────────────────────────
+
+/** Bit 15 of a record type: a reader that does not know the type must fail. */
+export const REQUIRED_FLAG: number = native.REQUIRED_FLAG
+/** Bytes of the header in front of every payload (the encoded size is `HEADER_SIZE + payload.length`). */
+export const HEADER_SIZE: number = native.HEADER_SIZE
+/** Largest payload of one record: 64 MiB. */
+export const MAX_PAYLOAD_BYTES: number = native.MAX_PAYLOAD_BYTES
+
+/**
+ * The record types this package defines. Any other `u32` type is allowed as long as it
+ * sets neither bit 14 (encrypted) nor bit 31 (WAL framing); set bit 15
+ * ({@link RecordType.REQUIRED_FLAG}) on a type that a reader must understand.
+ */
+export const RecordType = Object.freeze({
+  /** Does nothing; optional. */
+  Noop: native.RECORD_TYPE_NOOP,
+  /** Insert or replace a value; required. */
+  Put: native.RECORD_TYPE_PUT,
+  /** Remove a value; required. */
+  Delete: native.RECORD_TYPE_DELETE,
+  /** Several operations applied atomically; required. */
+  Transaction: native.RECORD_TYPE_TRANSACTION,
+  /** Everything before this LSN is applied elsewhere; required. */
+  Checkpoint: native.RECORD_TYPE_CHECKPOINT,
+  /** Metadata a reader may ignore; optional. */
+  Metadata: native.RECORD_TYPE_METADATA,
+  /** Bit 15: a reader that does not know a type with this bit must fail. */
+  REQUIRED_FLAG: native.REQUIRED_FLAG,
+  /** Whether a reader that does not know `recordType` must refuse to go on. */
+  isRequired(recordType: number): boolean {
+    return (checkInteger('recordType', recordType, U32_MAX) & native.REQUIRED_FLAG) !== 0
+  },
+})
+
+/** Fields of {@link WalRecord.create}. */
+export interface WalRecordInit {
+  /** A `u32` record type, e.g. {@link RecordType.Put}. */
+  recordType: number
+  /** The record's LSN: a bigint from `1n` to `2n ** 64n - 1n`. */
+  lsn: bigint
+  /** Tenant id (u64); default `0n`. */
+  tenantId?: bigint
+  /** Virtual shard id (u32); default `0`. */
+  vshardId?: number
+  /** Database id (u64); default `0n`. */
+  databaseId?: bigint
+  /** The payload, copied; at most {@link MAX_PAYLOAD_BYTES}. */
+  payload: Uint8Array
+}
+
+let wrapRecord: (handle: native.NativeWalRecord) => WalRecord
+let recordHandle: (record: WalRecord) => native.NativeWalRecord
+
+/**
+ * A WAL record: a 56-byte little-endian header (magic, version, type, LSN, commit LSN,
+ * tenant, vshard, database, payload length, CRC-32C) and its payload. Immutable.
+ */
+export class WalRecord {
+  readonly #handle: native.NativeWalRecord
+
+  private constructor(handle: native.NativeWalRecord) {
+    this.#handle = handle
+  }
+
+  static {
+    wrapRecord = (handle) => new WalRecord(handle)
+    recordHandle = (record) => record.#handle
+  }
+
+  /**
+   * Builds a record and computes its CRC.
+   *
+   * @throws {TypeError} `ERR_INVALID_ARG_TYPE` when `lsn`, `tenantId` or `databaseId` is
+   *   not a bigint, `recordType` or `vshardId` not a number, or `payload` not a Uint8Array.
+   * @throws {RangeError} `ERR_OUT_OF_RANGE` when `lsn` is below 1n or above 2n ** 64n - 1n,
+   *   or another field is outside its range.
+   * @throws {Error} `ERR_RECORD_TYPE` when the type sets a reserved bit;
+   *   `ERR_RECORD_TOO_LARGE` above {@link MAX_PAYLOAD_BYTES}.
+   */
+  static create(init: WalRecordInit): WalRecord {
+    const fields = checkOptions('init', init, true)
+    const recordType = checkInteger('recordType', fields.recordType, U32_MAX)
+    const lsn = checkU64('lsn', fields.lsn, 1n)
+    const tenantId = checkOptionalU64('tenantId', fields.tenantId) ?? 0n
+    const vshardId = checkOptionalInteger('vshardId', fields.vshardId, U32_MAX) ?? 0
+    const databaseId = checkOptionalU64('databaseId', fields.databaseId) ?? 0n
+    const payload = checkBytes('payload', fields.payload)
+    return new WalRecord(
+      call(() => native.NativeWalRecord.create(recordType, lsn, tenantId, vshardId, databaseId, payload)),
+    )
+  }
+
+  /**
+   * Decodes exactly one encoded record and verifies its checksum.
+   *
+   * @throws {TypeError} `ERR_INVALID_ARG_TYPE` when `bytes` is not a Uint8Array.
+   * @throws {Error} `ERR_RECORD_CHECKSUM` when the CRC does not match; `ERR_RECORD_CORRUPT`
+   *   when the bytes are cut short, have a bad magic, version or length, or trail extra bytes.
+   */
+  static decode(bytes: Uint8Array): WalRecord {
+    const checked = checkBytes('bytes', bytes)
+    return new WalRecord(call(() => native.NativeWalRecord.decode(checked)))
+  }
+
+  /** The encoded record (header then payload), in a new Uint8Array. */
+  encode(): Uint8Array {
+    return this.#handle.encode()
+  }
+
+  /** The `u32` record type. */
+  get recordType(): number {
+    return this.#handle.recordType
+  }
+  /** The record's LSN. */
+  get lsn(): bigint {
+    return this.#handle.lsn
+  }
+  /** LSN of the first record of the commit that wrote this record (its own LSN when built alone). */
+  get commitLsn(): bigint {
+    return this.#handle.commitLsn
+  }
+  get tenantId(): bigint {
+    return this.#handle.tenantId
+  }
+  get vshardId(): number {
+    return this.#handle.vshardId
+  }
+  get databaseId(): bigint {
+    return this.#handle.databaseId
+  }
+  /** A copy of the payload (a new Uint8Array on every read). */
+  get payload(): Uint8Array {
+    return this.#handle.payload
+  }
+  /** CRC-32C of the header fields and the payload. */
+  get crc(): number {
+    return this.#handle.crc
+  }
+  /** Bytes of the encoded record: {@link HEADER_SIZE} + payload length. */
+  get encodedLength(): number {
+    return this.#handle.encodedLen
+  }
+
+  get [Symbol.toStringTag](): string {
+    return 'WalRecord'
+  }
+}
+
+// ─── dwb (src/dwb.rs) ──────────────────────────────────────────────────────────────────
+
+/** How a double-write buffer file is written. */
+export type DwbMode = 'off' | 'buffered' | 'direct'
+
+const DWB_MODES: readonly DwbMode[] = ['off', 'buffered', 'direct']
+
+/** The {@link DwbMode} values, and the default for a parent WAL. */
+export const DwbMode = Object.freeze({
+  /** No double-write buffer. A {@link DoubleWriteBuffer} refuses it (`ERR_DWB_OFF`); a {@link Wal} then protects its tail by padding. */
+  Off: 'off',
+  /** Through the page cache, made durable with fdatasync. */
+  Buffered: 'buffered',
+  /** Bypassing the page cache (O_DIRECT on Linux, F_NOCACHE on macOS); elsewhere `ERR_DIRECT_IO_UNSUPPORTED`, never a silent fallback. */
+  Direct: 'direct',
+  /**
+   * The mode that matches a parent WAL: `'direct'` when it uses direct I/O, else `'buffered'`.
+   *
+   * @throws {TypeError} `ERR_INVALID_ARG_TYPE` when the argument is not a boolean.
+   */
+  defaultForParent(parentUsesDirectIo: boolean): DwbMode {
+    return native.dwbModeDefaultForParent(checkBoolean('parentUsesDirectIo', parentUsesDirectIo)) as DwbMode
+  },
+} as const)
+
+/** Options of {@link DoubleWriteBuffer.open}. */
+export interface DwbOptions {
+  /** `'buffered'` or `'direct'`; the on-disk layout is the same, so either reads the other's file. */
+  mode: DwbMode
+  /** Slots in the ring (default 64), used when the file is created; an existing file keeps its own (a different value is `ERR_DWB_GEOMETRY`). */
+  capacity?: number
+  /** Largest encoded record (header + payload) a slot holds, in bytes (default 65536), used when the file is created; larger records are not mirrored. */
+  maxRecordSize?: number
+}
+
+/** What staging a copy did: mirrored, or refused because the record is larger than a slot. */
+export type MirrorResult =
+  | { readonly mirrored: true }
+  | {
+      readonly mirrored: false
+      /** The only reason today: the encoded record is larger than {@link DoubleWriteBuffer.maxRecordSize}. */
+      readonly reason: 'too-large'
+      /** Encoded size of the record, in bytes. */
+      readonly size: number
+      /** Largest encoded record the buffer holds, in bytes. */
+      readonly max: number
+    }
+
+function mirrorResult(outcome: native.MirrorOutcome): MirrorResult {
+  if (outcome.mirrored) return { mirrored: true }
+  return { mirrored: false, reason: 'too-large', size: outcome.size ?? 0, max: outcome.max ?? 0 }
+}
+
+function dwbOptions(options: unknown): native.DwbOpenOptions {
+  const fields = checkOptions('options', options, true)
+  const capacity = checkOptionalInteger('options.capacity', fields.capacity, U32_MAX)
+  const maxRecordSize = checkOptionalInteger('options.maxRecordSize', fields.maxRecordSize, U32_MAX)
+  return {
+    mode: checkOneOf('options.mode', fields.mode, DWB_MODES),
+    ...(capacity === undefined ? {} : { capacity }),
+    ...(maxRecordSize === undefined ? {} : { maxRecordSize }),
+  }
+}
+
+function checkRecord(name: string, record: unknown): native.NativeWalRecord {
+  if (!(record instanceof WalRecord)) throw invalidType(name, 'an instance of WalRecord', record)
+  return recordHandle(record)
+}
+
+/**
+ * A double-write buffer: a fixed-size, block-aligned ring of checksummed record copies in
+ * one file. Write copies (deferred), make them durable with one {@link flush} per batch,
+ * and after a crash recover a record by its LSN.
+ *
+ * Staging with {@link writeRecordDeferred} never waits for a flush in progress, and a copy
+ * staged while a flush runs is kept for the next one.
+ *
+ * After {@link close}, every method and getter throws `ERR_DWB_CLOSED`.
+ */
+export class DoubleWriteBuffer {
+  readonly #handle: native.NativeDoubleWriteBuffer
+
+  private constructor(handle: native.NativeDoubleWriteBuffer) {
+    this.#handle = handle
+  }
+
+  /**
+   * Opens (or creates, preallocated) the buffer at `path`, on the libuv pool.
+   *
+   * @param path - path of the DWB file (a string or a `file:` URL).
+   * @throws {TypeError} `ERR_INVALID_ARG_TYPE` for a wrong argument type.
+   * @throws {RangeError} `ERR_INVALID_ARG_VALUE` for an unknown `mode`;
+   *   `ERR_OUT_OF_RANGE` for a negative or fractional size.
+   * @throws {Error} `ERR_PATH_IS_DIRECTORY` when `path` is a directory; `ERR_DWB_OFF` for
+   *   mode `'off'`; `ERR_DWB_CORRUPT` when the file is not a DWB or its header is damaged
+   *   (damaged slots are not an error: they read as empty); `ERR_DWB_GEOMETRY`;
+   *   `ERR_DIRECT_IO_UNSUPPORTED`; `ERR_IO`.
+   */
+  static async open(path: string | URL, options: DwbOptions): Promise<DoubleWriteBuffer> {
+    const checkedPath = checkPath('path', path)
+    const checked = dwbOptions(options)
+    return new DoubleWriteBuffer(await callAsync(() => native.NativeDoubleWriteBuffer.open(checkedPath, checked)))
+  }
+
+  /** {@link open} on the JS thread (it creates and syncs the file there). Same errors. */
+  static openSync(path: string | URL, options: DwbOptions): DoubleWriteBuffer {
+    const checkedPath = checkPath('path', path)
+    const checked = dwbOptions(options)
+    return new DoubleWriteBuffer(call(() => native.NativeDoubleWriteBuffer.openSync(checkedPath, checked)))
+  }
+
+  /**
+   * Stages a copy of `record` (verifying its checksum first); it is durable after the next
+   * {@link flush}. Does no I/O unless the staged copies would overflow the ring, in which
+   * case the earlier ones are flushed first.
+   *
+   * @returns `{ mirrored: false, reason: 'too-large', size, max }` when the record is
+   *   larger than a slot (it is counted in {@link skippedRecords}), else `{ mirrored: true }`.
+   * @throws {TypeError} `ERR_INVALID_ARG_TYPE` when `record` is not a {@link WalRecord}.
+   */
+  writeRecordDeferred(record: WalRecord): MirrorResult {
+    const handle = checkRecord('record', record)
+    return mirrorResult(call(() => this.#handle.writeRecordDeferred(handle)))
+  }
+
+  /** Stages a copy and flushes, on the libuv pool. See {@link writeRecordDeferred}. */
+  async writeRecord(record: WalRecord): Promise<MirrorResult> {
+    const handle = checkRecord('record', record)
+    return mirrorResult(await callAsync(() => this.#handle.writeRecord(handle)))
+  }
+
+  /** {@link writeRecord} on the JS thread. */
+  writeRecordSync(record: WalRecord): MirrorResult {
+    const handle = checkRecord('record', record)
+    return mirrorResult(call(() => this.#handle.writeRecordSync(handle)))
+  }
+
+  /**
+   * Writes every staged copy in one write and makes them durable with one sync, on the
+   * libuv pool. Does nothing when nothing is staged. On failure the copies stay staged.
+   */
+  async flush(): Promise<void> {
+    await callAsync(() => this.#handle.flush())
+  }
+
+  /** {@link flush} on the JS thread. */
+  flushSync(): void {
+    call(() => this.#handle.flushSync())
+  }
+
+  /**
+   * The newest copy of `lsn` whose checksum is valid, or `null`; read on the libuv pool.
+   *
+   * @throws {TypeError} `ERR_INVALID_ARG_TYPE` when `lsn` is not a bigint.
+   * @throws {RangeError} `ERR_OUT_OF_RANGE` when `lsn` is negative or above 2n ** 64n - 1n.
+   */
+  async recoverRecord(lsn: bigint): Promise<WalRecord | null> {
+    const checked = checkU64('lsn', lsn)
+    const handle = await callAsync(() => this.#handle.recoverRecord(checked))
+    return handle === null ? null : wrapRecord(handle)
+  }
+
+  /** {@link recoverRecord} on the JS thread. */
+  recoverRecordSync(lsn: bigint): WalRecord | null {
+    const checked = checkU64('lsn', lsn)
+    const handle = call(() => this.#handle.recoverRecordSync(checked))
+    return handle === null ? null : wrapRecord(handle)
+  }
+
+  /** `'buffered'` or `'direct'`. */
+  get mode(): DwbMode {
+    return call(() => this.#handle.mode) as DwbMode
+  }
+  get path(): string {
+    return call(() => this.#handle.path)
+  }
+  /** Slots in the ring (from the file). */
+  get capacity(): number {
+    return call(() => this.#handle.capacity)
+  }
+  /** Bytes between slot starts: a multiple of the block size. */
+  get slotStride(): number {
+    return call(() => this.#handle.slotStride)
+  }
+  /** Largest encoded record (header + payload) that is mirrored, in bytes. */
+  get maxRecordSize(): number {
+    return call(() => this.#handle.maxRecordSize)
+  }
+  /** Records refused (not mirrored) because they were larger than {@link maxRecordSize}. */
+  get skippedRecords(): bigint {
+    return call(() => this.#handle.skippedRecords)
+  }
+  /** Bytes this handle's flushes wrote (padding included in direct mode). */
+  get bytesWritten(): bigint {
+    return call(() => this.#handle.bytesWritten)
+  }
+  /** Copies staged and not yet flushed. */
+  get pendingRecords(): number {
+    return call(() => this.#handle.pendingRecords)
+  }
+
+  /**
+   * Releases the handle. Staged copies that were not flushed are dropped; an operation
+   * already running on the pool finishes first. Idempotent.
+   */
+  close(): void {
+    this.#handle.close()
+  }
+
+  /** Whether {@link close} has not been called. */
+  isOpen(): boolean {
+    return this.#handle.isOpen()
+  }
+
+  /** {@link close}, for `using`. */
+  [disposeSymbol](): void {
+    this.close()
+  }
+
+  /** {@link close}, for `await using`. */
+  async [asyncDisposeSymbol](): Promise<void> {
+    this.close()
+  }
+}
+
+/**
+ * Bytes written to double-write buffer files by this process: every buffer (those of
+ * WALs included) and every worker thread, padding and preallocation included.
+ */
+export function dwbBytesWrittenTotal(): bigint {
+  return native.dwbBytesWrittenTotal()
+}
+
+// ─── wal (src/wal.rs) ──────────────────────────────────────────────────────────────────
+
+/** What to do when the DWB cannot be written. */
+export type Protection =
+  /** Refuse the commit (`ERR_DWB_UNAVAILABLE`) before any WAL byte is written: an acknowledged record is never unprotected. */
+  | 'strict'
+  /** Acknowledge anyway, count the records that were at risk without a copy, and pad every later commit. */
+  | 'degraded'
+
+/** What protects acknowledged records from the next commit's write. */
+export type TailProtection =
+  /** Commits are packed; the acknowledged records in the partial last block get synced DWB copies before it is rewritten. No wasted space. */
+  | 'mirror'
+  /** Every commit ends on a block boundary with a padding record, so no block holding acknowledged bytes is written again. One sync per commit. */
+  | 'pad'
+
+/** How acknowledged records are protected right now. */
+export type ProtectionState =
+  /** The DWB works and holds the at-risk records of every commit. */
+  | 'active'
+  /** No DWB by choice (`dwbMode: 'off'`) or `tailProtection: 'pad'`: protected by padding. */
+  | 'padding'
+  /** The DWB failed under the `'degraded'` policy: padded since; see {@link ProtectionStatus.unprotectedRecords}. */
+  | 'degraded'
+
+const PROTECTIONS: readonly Protection[] = ['strict', 'degraded']
+const TAIL_PROTECTIONS: readonly TailProtection[] = ['mirror', 'pad']
+
+/** Options of {@link Wal.open}. */
+export interface WalOptions {
+  /** Mode of the WAL's double-write buffer; default {@link DwbMode.defaultForParent}(`directIo`). `'off'` protects the tail by padding instead. */
+  dwbMode?: DwbMode
+  /** Open segments with O_DIRECT (every commit then ends on a block boundary). Default `false`. */
+  directIo?: boolean
+  /** Size of a new segment file in bytes (preallocated); default 64 MiB, minimum 16 KiB. */
+  segmentSize?: number
+  /** Slots of the DWB when it is created (default 64). */
+  dwbCapacity?: number
+  /** Largest encoded record the DWB holds when it is created (default 65536); larger records are protected by padding their commit. */
+  dwbMaxRecordSize?: number
+  /** What to do when the DWB cannot be written; default `'strict'`. */
+  protection?: Protection
+  /** How the tail of the log is protected; default `'mirror'`. */
+  tailProtection?: TailProtection
+  /** Group commit merges queued appends up to this many payload bytes (default 16 MiB). */
+  maxCommitBytes?: number
+}
+
+/** Ids of a record; all default to zero. */
+export interface AppendOptions {
+  /** Tenant id (u64). */
+  tenantId?: bigint
+  /** Virtual shard id (u32). */
+  vshardId?: number
+  /** Database id (u64). */
+  databaseId?: bigint
+}
+
+/** One record of {@link Wal.appendBatch}. */
+export interface RecordInput extends AppendOptions {
+  /** A `u32` record type without the reserved bits 14 and 31, e.g. {@link RecordType.Put}. */
+  recordType: number
+  /** The payload; copied before the call returns, at most {@link MAX_PAYLOAD_BYTES}. */
+  payload: Uint8Array
+}
+
+/** What recovery found and did when the WAL was opened. */
+export interface RecoveryReport {
+  /** LSN of the oldest retained record (the next LSN when the log is empty). */
+  readonly firstLsn: bigint
+  /** LSN of the newest record; `0n` when the log is empty. */
+  readonly lastLsn: bigint
+  /** Records found. */
+  readonly records: number
+  /** Segment files. */
+  readonly segments: number
+  /** Damaged records restored from their DWB copy (and written back into the WAL). */
+  readonly repairedFromDwb: number
+  /** Bytes of a torn, never-acknowledged tail that were cut off. */
+  readonly tornTailBytes: number
+  /** Time the open and recovery took, in milliseconds. */
+  readonly durationMs: number
+}
+
+/** Counters of an open WAL, since it was opened. All are bigints. */
+export interface WalStats {
+  readonly commits: bigint
+  readonly records: bigint
+  readonly walBytesWritten: bigint
+  readonly dwbBytesWritten: bigint
+  readonly walSyncs: bigint
+  readonly dwbSyncs: bigint
+  readonly paddingBytes: bigint
+  readonly segmentRolls: bigint
+  /** Records acknowledged while at risk without a DWB copy: `0n` unless the DWB failed under `'degraded'`. */
+  readonly unprotectedRecords: bigint
+}
+
+/** The protection policy and its state. */
+export interface ProtectionStatus {
+  readonly policy: Protection
+  readonly tailProtection: TailProtection
+  readonly state: ProtectionState
+  /** Records acknowledged while at risk without a DWB copy: `0n` unless the DWB failed under `'degraded'`. */
+  readonly unprotectedRecords: bigint
+}
+
+/** Options of {@link Wal.replay} and {@link Wal.replaySync}. */
+export interface ReplayOptions {
+  /** First LSN to return; default: the oldest retained record. Below the oldest retained one: `ERR_INVALID_OPTIONS`. */
+  fromLsn?: bigint
+  /**
+   * Record types the reader understands in addition to the built-in {@link RecordType}s.
+   * A record of another type is skipped when optional and ends the replay with
+   * `ERR_WAL_UNKNOWN_RECORD_TYPE` when required (bit 15 set).
+   */
+  knownTypes?: Iterable<number>
+  /** Records read per native call (default 256). */
+  batchSize?: number
+}
+
+function walOptions(options: unknown): native.WalOpenOptions {
+  const fields = checkOptions('options', options, false)
+  const out: native.WalOpenOptions = {}
+  if (fields.dwbMode !== undefined) out.dwbMode = checkOneOf('options.dwbMode', fields.dwbMode, DWB_MODES)
+  if (fields.directIo !== undefined) out.directIo = checkBoolean('options.directIo', fields.directIo)
+  if (fields.segmentSize !== undefined) {
+    out.segmentSize = checkInteger('options.segmentSize', fields.segmentSize, Number.MAX_SAFE_INTEGER)
+  }
+  if (fields.dwbCapacity !== undefined) out.dwbCapacity = checkInteger('options.dwbCapacity', fields.dwbCapacity, U32_MAX)
+  if (fields.dwbMaxRecordSize !== undefined) {
+    out.dwbMaxRecordSize = checkInteger('options.dwbMaxRecordSize', fields.dwbMaxRecordSize, U32_MAX)
+  }
+  if (fields.protection !== undefined) out.protection = checkOneOf('options.protection', fields.protection, PROTECTIONS)
+  if (fields.tailProtection !== undefined) {
+    out.tailProtection = checkOneOf('options.tailProtection', fields.tailProtection, TAIL_PROTECTIONS)
+  }
+  if (fields.maxCommitBytes !== undefined) {
+    out.maxCommitBytes = checkInteger('options.maxCommitBytes', fields.maxCommitBytes, Number.MAX_SAFE_INTEGER)
+  }
+  return out
+}
+
+function recordInput(name: string, recordType: unknown, payload: unknown, options: unknown): native.NativeRecordInput {
+  const ids = checkOptions(`${name}options`, options, false)
+  const input: native.NativeRecordInput = {
+    recordType: checkInteger(`${name}recordType`, recordType, U32_MAX),
+    // A copy: the caller may reuse its buffer as soon as the call returns, and the
+    // records of one tick reach the native side in a microtask.
+    payload: new Uint8Array(checkBytes(`${name}payload`, payload)),
+  }
+  const tenantId = checkOptionalU64(`${name}tenantId`, ids.tenantId)
+  const vshardId = checkOptionalInteger(`${name}vshardId`, ids.vshardId, U32_MAX)
+  const databaseId = checkOptionalU64(`${name}databaseId`, ids.databaseId)
+  if (tenantId !== undefined) input.tenantId = tenantId
+  if (vshardId !== undefined) input.vshardId = vshardId
+  if (databaseId !== undefined) input.databaseId = databaseId
+  return input
+}
+
+interface Waiter {
+  resolve(firstLsn: bigint): void
+  reject(error: unknown): void
+}
+
+/**
+ * The appends of one WAL that wait for the commit thread. The native side reports each
+ * ticket once, through a threadsafe function that does not keep the event loop alive;
+ * this keeps it alive (a ref'd timer) exactly while a ticket is outstanding.
+ */
+class Inflight {
+  readonly #waiters = new Map<number, Waiter>()
+  #lastTicket = 0
+  #idle: Array<() => void> = []
+  readonly #keepAlive: ReturnType<typeof setInterval>
+
+  constructor() {
+    this.#keepAlive = setInterval(() => {}, 0x3fff_ffff)
+    this.#keepAlive.unref()
+  }
+
+  get size(): number {
+    return this.#waiters.size
+  }
+
+  add(waiter: Waiter): number {
+    do {
+      this.#lastTicket = (this.#lastTicket + 1) >>> 0
+    } while (this.#waiters.has(this.#lastTicket))
+    this.#waiters.set(this.#lastTicket, waiter)
+    if (this.#waiters.size === 1) this.#keepAlive.ref()
+    return this.#lastTicket
+  }
+
+  /** Called by the binding for every ticket; must never throw. */
+  readonly complete = (ticket: number, firstLsn: bigint | null, error: string | null): void => {
+    const waiter = this.#waiters.get(ticket)
+    if (waiter === undefined) return
+    this.#waiters.delete(ticket)
+    if (error === null && firstLsn !== null) {
+      waiter.resolve(firstLsn)
+    } else {
+      waiter.reject(fromNative(new Error(error ?? '[ERR_IO] the commit thread reported no outcome')))
+    }
+    if (this.#waiters.size === 0) this.#becameIdle()
+  }
+
+  fail(ticket: number, error: unknown): void {
+    const waiter = this.#waiters.get(ticket)
+    if (waiter === undefined) return
+    this.#waiters.delete(ticket)
+    waiter.reject(error)
+    if (this.#waiters.size === 0) this.#becameIdle()
+  }
+
+  failAll(makeError: () => unknown): void {
+    for (const ticket of [...this.#waiters.keys()]) this.fail(ticket, makeError())
+  }
+
+  whenIdle(): Promise<void> {
+    if (this.#waiters.size === 0) return Promise.resolve()
+    return new Promise((resolve) => this.#idle.push(resolve))
+  }
+
+  dispose(): void {
+    clearInterval(this.#keepAlive)
+  }
+
+  #becameIdle(): void {
+    this.#keepAlive.unref()
+    const idle = this.#idle
+    this.#idle = []
+    for (const resolve of idle) resolve()
+  }
+}
+
+/**
+ * A write-ahead log protected by a double-write buffer, in a directory of segment files
+ * (`wal-<first LSN, 20 digits>.seg`), its DWB (`wal.dwb`) and a lock file.
+ *
+ * Appends are group-committed: every append made while a commit is in flight joins the
+ * next one, which makes the DWB copies of the at-risk records durable first, then the WAL
+ * bytes, then resolves each caller with its own LSN. A failed commit rejects every caller
+ * in it; no caller is ever told "durable" for a record that was not synced.
+ *
+ * Appends never block the JS thread nor hold a libuv pool thread: the commit runs on the
+ * WAL's own thread. Opening, syncing, truncating, replaying and closing run on the libuv
+ * pool; each has a `*Sync` twin that runs on the JS thread.
+ *
+ * After {@link close}, every method and getter throws (or rejects with) `ERR_WAL_CLOSED`.
+ */
+export class Wal {
+  readonly #handle: native.NativeWal
+  readonly #inflight: Inflight
+  /** Appends of the current tick, submitted together in a microtask. */
+  #staged: native.NativeAppendJob[] = []
+  #closing: Promise<void> | undefined
+
+  private constructor(handle: native.NativeWal, inflight: Inflight) {
+    this.#handle = handle
+    this.#inflight = inflight
+  }
+
+  /**
+   * Opens (creating it if needed) and recovers the WAL in `dir`, on the libuv pool.
+   * Recovery restores damaged records from their DWB copies and writes them back, cuts off
+   * a torn tail that was never acknowledged, and fails rather than drop acknowledged data.
+   *
+   * @throws {TypeError} `ERR_INVALID_ARG_TYPE` for a wrong argument type.
+   * @throws {RangeError} `ERR_INVALID_ARG_VALUE` for an unknown `dwbMode`, `protection` or
+   *   `tailProtection`; `ERR_OUT_OF_RANGE` for a negative or fractional size.
+   * @throws {Error} `ERR_LOCKED` when another handle holds the directory (in this process,
+   *   a worker thread or another process); `ERR_WAL_CORRUPT` when acknowledged records
+   *   cannot be recovered (nothing is changed then); `ERR_INVALID_OPTIONS`;
+   *   `ERR_DIRECT_IO_UNSUPPORTED`; `ERR_DWB_GEOMETRY`; `ERR_DWB_UNAVAILABLE`; `ERR_IO`.
+   */
+  static async open(dir: string | URL, options?: WalOptions): Promise<Wal> {
+    const checkedDir = checkPath('dir', dir)
+    const checked = walOptions(options)
+    const inflight = new Inflight()
+    try {
+      const handle = await callAsync(() => native.NativeWal.open(checkedDir, checked, inflight.complete))
+      return new Wal(handle, inflight)
+    } catch (error) {
+      inflight.dispose()
+      throw error
+    }
+  }
+
+  /** {@link open} on the JS thread. Same errors. */
+  static openSync(dir: string | URL, options?: WalOptions): Wal {
+    const checkedDir = checkPath('dir', dir)
+    const checked = walOptions(options)
+    const inflight = new Inflight()
+    try {
+      return new Wal(
+        call(() => native.NativeWal.openSync(checkedDir, checked, inflight.complete)),
+        inflight,
+      )
+    } catch (error) {
+      inflight.dispose()
+      throw error
+    }
+  }
+
+  /**
+   * Appends one record. Resolves with its LSN once it is durable (its commit's WAL sync
+   * returned success); rejects if its commit failed. The payload is copied before this
+   * returns.
+   *
+   * @throws {TypeError} `ERR_INVALID_ARG_TYPE` when `payload` is not a Uint8Array, an id
+   *   has the wrong type. (Rejections, like every error of this method.)
+   * @throws {RangeError} `ERR_OUT_OF_RANGE` for a `recordType` or id out of range.
+   * @throws {Error} `ERR_RECORD_TYPE` (reserved bit), `ERR_RECORD_TOO_LARGE`,
+   *   `ERR_WAL_CLOSED`, `ERR_WAL_POISONED`, `ERR_NO_SPACE` (no LSN consumed),
+   *   `ERR_DWB_UNAVAILABLE`, `ERR_IO`.
+   */
+  async append(recordType: number, payload: Uint8Array, options?: AppendOptions): Promise<bigint> {
+    const input = recordInput('', recordType, payload, options)
+    try {
+      return await this.#submit([input])
+    } catch (error) {
+      throw fromNativeAsync(error)
+    }
+  }
+
+  /**
+   * Appends the records as one commit with consecutive LSNs; resolves with them, in
+   * order, once all are durable. Same errors as {@link append}.
+   */
+  async appendBatch(records: readonly RecordInput[]): Promise<bigint[]> {
+    const inputs = batchInputs(records)
+    let first: bigint
+    try {
+      first = await this.#submit(inputs)
+    } catch (error) {
+      throw fromNativeAsync(error)
+    }
+    return inputs.map((_, i) => first + BigInt(i))
+  }
+
+  /** {@link append} on the JS thread: returns once the record is durable. */
+  appendSync(recordType: number, payload: Uint8Array, options?: AppendOptions): bigint {
+    const input = recordInput('', recordType, payload, options)
+    this.#submitStaged()
+    return call(() => this.#handle.appendBatchSync([input]))
+  }
+
+  /** {@link appendBatch} on the JS thread. */
+  appendBatchSync(records: readonly RecordInput[]): bigint[] {
+    const inputs = batchInputs(records)
+    this.#submitStaged()
+    const first = call(() => this.#handle.appendBatchSync(inputs))
+    return inputs.map((_, i) => first + BigInt(i))
+  }
+
+  /**
+   * Resolves once every append made before it is durable (every commit is synced before
+   * it is acknowledged, so this is a barrier). Rejects with `ERR_WAL_POISONED` after a
+   * failed sync.
+   */
+  async sync(): Promise<void> {
+    this.#submitStaged()
+    await callAsync(() => this.#handle.sync())
+  }
+
+  /** {@link sync} on the JS thread. */
+  syncSync(): void {
+    this.#submitStaged()
+    call(() => this.#handle.syncSync())
+  }
+
+  /**
+   * Checkpoint: removes the whole segments (and their DWB copies) that hold only records
+   * below `lsn`, then syncs the directory. Resolves with the number of segments removed.
+   *
+   * @throws {TypeError} `ERR_INVALID_ARG_TYPE` when `lsn` is not a bigint.
+   * @throws {RangeError} `ERR_OUT_OF_RANGE` when `lsn` is negative or above 2n ** 64n - 1n.
+   */
+  async truncateBefore(lsn: bigint): Promise<number> {
+    const checked = checkU64('lsn', lsn)
+    this.#submitStaged()
+    return callAsync(() => this.#handle.truncateBefore(checked))
+  }
+
+  /** {@link truncateBefore} on the JS thread. */
+  truncateBeforeSync(lsn: bigint): number {
+    const checked = checkU64('lsn', lsn)
+    this.#submitStaged()
+    return call(() => this.#handle.truncateBeforeSync(checked))
+  }
+
+  /**
+   * The durable records, in LSN order, from `fromLsn` to the newest acknowledged when
+   * this is called; read off the JS thread in batches. Arguments are checked (and the
+   * snapshot taken) when this is called; read errors reject the iteration.
+   *
+   * @throws {TypeError} `ERR_INVALID_ARG_TYPE` when `fromLsn` is not a bigint.
+   * @throws {RangeError} `ERR_OUT_OF_RANGE` when `fromLsn` or a type is out of range.
+   * @throws {Error} `ERR_INVALID_OPTIONS` when `fromLsn` is below the oldest retained
+   *   record. The iteration rejects with `ERR_WAL_UNKNOWN_RECORD_TYPE` at an unknown
+   *   required type and `ERR_WAL_CORRUPT` if the files changed underneath.
+   */
+  replay(options?: ReplayOptions): AsyncGenerator<WalRecord, void, undefined> {
+    const { reader, batchSize } = this.#openReplay(options)
+    return replayAsync(reader, batchSize)
+  }
+
+  /** {@link replay} on the JS thread: a synchronous iterator. */
+  replaySync(options?: ReplayOptions): Generator<WalRecord, void, undefined> {
+    const { reader, batchSize } = this.#openReplay(options)
+    return replaySync(reader, batchSize)
+  }
+
+  /** What recovery found and did when this WAL was opened. */
+  get recovery(): RecoveryReport {
+    return call(() => this.#handle.recovery)
+  }
+
+  /** Counters since open (bigints). */
+  get stats(): WalStats {
+    return call(() => this.#handle.stats)
+  }
+
+  /** The protection policy and its current state. */
+  get protection(): ProtectionStatus {
+    const status = call(() => this.#handle.protection)
+    return {
+      policy: status.policy as Protection,
+      tailProtection: status.tailProtection as TailProtection,
+      state: status.state as ProtectionState,
+      unprotectedRecords: status.unprotectedRecords,
+    }
+  }
+
+  /** LSN of the newest durable record (`0n` when the log is empty). */
+  get lastLsn(): bigint {
+    return call(() => this.#handle.lastLsn)
+  }
+
+  /** LSN the next record will get once everything queued has committed. */
+  get nextLsn(): bigint {
+    return call(() => this.#handle.nextLsn)
+  }
+
+  /** The WAL directory. */
+  get dir(): string {
+    return call(() => this.#handle.dir)
+  }
+
+  /** Whether {@link close} has not been called. */
+  isOpen(): boolean {
+    return this.#closing === undefined && this.#handle.isOpen()
+  }
+
+  /**
+   * Closes the WAL: appends already made complete (resolve or reject; they never hang),
+   * then the commit thread stops and the directory lock is released. Appends made after
+   * this call reject with `ERR_WAL_CLOSED`. Idempotent: every call returns the same promise.
+   */
+  close(): Promise<void> {
+    if (this.#closing === undefined) {
+      this.#submitStaged()
+      this.#closing = this.#close()
+    }
+    return this.#closing
+  }
+
+  /** {@link close} on the JS thread (it waits for queued commits there). */
+  closeSync(): void {
+    if (this.#closing !== undefined) return
+    this.#submitStaged()
+    try {
+      call(() => this.#handle.closeSync())
+      this.#closing = this.#inflight.whenIdle().finally(() => this.#inflight.dispose())
+    } catch (error) {
+      this.#closing = Promise.resolve()
+      this.#abandonInflight(error)
+      throw error
+    }
+  }
+
+  /** {@link close}, for `await using`. */
+  async [asyncDisposeSymbol](): Promise<void> {
+    await this.close()
+  }
+
+  /** {@link closeSync}, for `using`. */
+  [disposeSymbol](): void {
+    this.closeSync()
+  }
+
+  async #close(): Promise<void> {
+    try {
+      await callAsync(() => this.#handle.close())
+    } catch (error) {
+      // The commit thread died: outcomes it did not report will never come.
+      this.#abandonInflight(error)
+      throw error
+    }
+    // Every outcome was handed to the event loop before the native close returned.
+    await this.#inflight.whenIdle()
+    this.#inflight.dispose()
+  }
+
+  #abandonInflight(error: unknown): void {
+    const message = error instanceof Error ? error.message : String(error)
+    this.#inflight.failAll(() =>
+      codedError('ERR_WAL_POISONED', `the WAL closed with an error before this append was acknowledged: ${message}`),
+    )
+    this.#inflight.dispose()
+  }
+
+  #submit(records: native.NativeRecordInput[]): Promise<bigint> {
+    return new Promise<bigint>((resolve, reject) => {
+      const ticket = this.#inflight.add({ resolve, reject })
+      this.#staged.push({ ticket, records })
+      if (this.#staged.length === 1) queueMicrotask(this.#submitStaged)
+    })
+  }
+
+  /** Hands the appends of this tick to the commit thread in one native call. */
+  readonly #submitStaged = (): void => {
+    const jobs = this.#staged
+    if (jobs.length === 0) return
+    this.#staged = []
+    try {
+      this.#handle.submit(jobs)
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error)
+      for (const job of jobs) this.#inflight.fail(job.ticket, fromNative(new Error(message)))
+    }
+  }
+
+  #openReplay(options: unknown): { reader: native.NativeReplay; batchSize: number } {
+    const fields = checkOptions('options', options, false)
+    const fromLsn = fields.fromLsn === undefined ? 0n : checkU64('options.fromLsn', fields.fromLsn)
+    let knownTypes: number[] | undefined
+    if (fields.knownTypes !== undefined) {
+      const types = fields.knownTypes
+      if (typeof types !== 'object' || types === null || !(Symbol.iterator in types)) {
+        throw invalidType('options.knownTypes', 'an iterable of numbers', types)
+      }
+      knownTypes = [...(types as Iterable<unknown>)].map((t) => checkInteger('options.knownTypes[]', t, U32_MAX))
+    }
+    const batchSize = checkOptionalInteger('options.batchSize', fields.batchSize, 1 << 20, 1) ?? 256
+    this.#submitStaged()
+    const reader = call(() => this.#handle.replay(fromLsn, knownTypes))
+    return { reader, batchSize }
+  }
+}
+
+function batchInputs(records: unknown): native.NativeRecordInput[] {
+  if (!Array.isArray(records)) throw invalidType('records', 'an array of records', records)
+  return records.map((record: unknown, i) => {
+    const fields = checkOptions(`records[${i}]`, record, true)
+    return recordInput(`records[${i}].`, fields.recordType, fields.payload, fields)
+  })
+}
+
+/** Payload bytes per native replay batch (besides the record count). */
+const REPLAY_BATCH_BYTES = 4 << 20
+
+async function* replayAsync(reader: native.NativeReplay, batchSize: number): AsyncGenerator<WalRecord, void, undefined> {
+  try {
+    for (;;) {
+      const batch = await callAsync(() => reader.nextBatch(batchSize, REPLAY_BATCH_BYTES))
+      if (batch.length === 0) return
+      for (const handle of batch) yield wrapRecord(handle)
+    }
+  } finally {
+    reader.close()
+  }
+}
+
+function* replaySync(reader: native.NativeReplay, batchSize: number): Generator<WalRecord, void, undefined> {
+  try {
+    for (;;) {
+      const batch = call(() => reader.nextBatchSync(batchSize, REPLAY_BATCH_BYTES))
+      if (batch.length === 0) return
+      for (const handle of batch) yield wrapRecord(handle)
+    }
+  } finally {
+    reader.close()
+  }
+}
