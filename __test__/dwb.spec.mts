@@ -196,6 +196,18 @@ test('writeRecordDeferred while flush() is in flight loses nothing', async (t) =
   }
 })
 
+test('close() while a flush is in flight: the flush completes, later calls get ERR_DWB_CLOSED', async (t) => {
+  const file = dwbPath(t)
+  const dwb = await DoubleWriteBuffer.open(file, { mode: 'buffered' })
+  for (let lsn = 1n; lsn <= 50n; lsn++) dwb.writeRecordDeferred(rec(lsn, new Uint8Array(2000)))
+  const flushing = dwb.flush()
+  dwb.close()
+  await flushing
+  await t.throwsAsync(dwb.flush(), coded(Error, 'ERR_DWB_CLOSED'))
+  const reopened = await openDwb(t, file)
+  t.truthy(await reopened.recoverRecord(50n))
+})
+
 test('several async operations on one buffer at once all complete and agree', async (t) => {
   const dwb = await openDwb(t, dwbPath(t))
   const writes = Array.from({ length: 32 }, (_, i) => dwb.writeRecord(rec(BigInt(i + 1))))

@@ -3,7 +3,7 @@
 //! Every blocking call has an `AsyncTask` twin that runs on the libuv pool; the `*Sync`
 //! methods run on the JS thread because the caller asked for it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use doublewrite::{DoubleWriteBuffer, DwbMirror, DwbMode, DwbOptions, SkipReason, WalRecord};
 use napi::bindgen_prelude::{AsyncTask, BigInt};
@@ -89,14 +89,29 @@ pub fn dwb_bytes_written_total() -> u64 {
     doublewrite::dwb_bytes_written_total()
 }
 
+/// Every method takes `&self`: napi-rs keeps a method's borrow of the object until an
+/// `AsyncTask` it returned settles, so a `&mut self` `close()` would collide with a flush
+/// in flight. The handle lives behind a mutex instead and each call clones the `Arc`.
 #[napi]
 pub struct NativeDoubleWriteBuffer {
-    inner: Option<Arc<DoubleWriteBuffer>>,
+    inner: Mutex<Option<Arc<DoubleWriteBuffer>>>,
 }
 
 impl NativeDoubleWriteBuffer {
-    fn inner(&self) -> Result<&Arc<DoubleWriteBuffer>> {
-        self.inner.as_ref().ok_or_else(|| {
+    fn new(dwb: DoubleWriteBuffer) -> NativeDoubleWriteBuffer {
+        NativeDoubleWriteBuffer {
+            inner: Mutex::new(Some(Arc::new(dwb))),
+        }
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Option<Arc<DoubleWriteBuffer>>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn inner(&self) -> Result<Arc<DoubleWriteBuffer>> {
+        self.slot().clone().ok_or_else(|| {
             crate::error::to_napi_error(doublewrite::Error::Closed {
                 what: "double-write buffer",
             })
@@ -110,9 +125,7 @@ impl NativeDoubleWriteBuffer {
     #[napi(factory)]
     pub fn open_sync(path: String, options: DwbOpenOptions) -> Result<NativeDoubleWriteBuffer> {
         let dwb = DoubleWriteBuffer::open(path, dwb_options(&options)?).into_napi()?;
-        Ok(NativeDoubleWriteBuffer {
-            inner: Some(Arc::new(dwb)),
-        })
+        Ok(NativeDoubleWriteBuffer::new(dwb))
     }
 
     /// Opens or creates the buffer on the libuv pool.
@@ -137,7 +150,7 @@ impl NativeDoubleWriteBuffer {
     #[napi(ts_return_type = "Promise<MirrorOutcome>")]
     pub fn write_record(&self, record: &NativeWalRecord) -> Result<AsyncTask<WriteRecord>> {
         Ok(AsyncTask::new(WriteRecord {
-            dwb: self.inner()?.clone(),
+            dwb: self.inner()?,
             record: record.inner.clone(),
         }))
     }
@@ -151,9 +164,7 @@ impl NativeDoubleWriteBuffer {
     /// Writes the staged copies and syncs them, on the libuv pool.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn flush(&self) -> Result<AsyncTask<Flush>> {
-        Ok(AsyncTask::new(Flush {
-            dwb: self.inner()?.clone(),
-        }))
+        Ok(AsyncTask::new(Flush { dwb: self.inner()? }))
     }
 
     #[napi]
@@ -165,7 +176,7 @@ impl NativeDoubleWriteBuffer {
     #[napi(ts_return_type = "Promise<NativeWalRecord | null>")]
     pub fn recover_record(&self, lsn: BigInt) -> Result<AsyncTask<RecoverRecord>> {
         Ok(AsyncTask::new(RecoverRecord {
-            dwb: self.inner()?.clone(),
+            dwb: self.inner()?,
             lsn: u64_from_bigint("lsn", &lsn)?,
         }))
     }
@@ -220,13 +231,13 @@ impl NativeDoubleWriteBuffer {
     /// Releases the handle. Operations already running on the pool finish first (they
     /// hold their own reference); every later call fails with `ERR_DWB_CLOSED`.
     #[napi]
-    pub fn close(&mut self) {
-        self.inner = None;
+    pub fn close(&self) {
+        self.slot().take();
     }
 
     #[napi]
     pub fn is_open(&self) -> bool {
-        self.inner.is_some()
+        self.slot().is_some()
     }
 }
 
@@ -244,9 +255,7 @@ impl Task for OpenDwb {
     }
 
     fn resolve(&mut self, _env: Env, dwb: DoubleWriteBuffer) -> Result<NativeDoubleWriteBuffer> {
-        Ok(NativeDoubleWriteBuffer {
-            inner: Some(Arc::new(dwb)),
-        })
+        Ok(NativeDoubleWriteBuffer::new(dwb))
     }
 }
 

@@ -190,23 +190,43 @@ fn known_types(extra: Option<Vec<u32>>) -> Option<BTreeSet<u32>> {
     })
 }
 
+struct OpenState {
+    wal: Arc<Wal>,
+    completions: Arc<CompletionFn>,
+}
+
+/// Every method takes `&self`: napi-rs keeps a method's borrow of the object until an
+/// `AsyncTask` it returned settles, so a `&mut self` `close()` would collide with a sync
+/// or replay in flight. The handle lives behind a mutex instead; calls clone the `Arc`.
 #[napi]
 pub struct NativeWal {
-    inner: Option<Arc<Wal>>,
-    completions: Option<Arc<CompletionFn>>,
+    state: Mutex<Option<OpenState>>,
+}
+
+fn closed() -> napi::Error {
+    to_napi_error(doublewrite::Error::Closed { what: "WAL" })
 }
 
 impl NativeWal {
-    fn inner(&self) -> Result<&Arc<Wal>> {
-        self.inner
+    fn slot(&self) -> MutexGuard<'_, Option<OpenState>> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn inner(&self) -> Result<Arc<Wal>> {
+        self.slot()
             .as_ref()
-            .ok_or_else(|| to_napi_error(doublewrite::Error::Closed { what: "WAL" }))
+            .map(|state| state.wal.clone())
+            .ok_or_else(closed)
     }
 
     fn from_wal(wal: Wal, completions: CompletionFn) -> NativeWal {
         NativeWal {
-            inner: Some(Arc::new(wal)),
-            completions: Some(Arc::new(completions)),
+            state: Mutex::new(Some(OpenState {
+                wal: Arc::new(wal),
+                completions: Arc::new(completions),
+            })),
         }
     }
 }
@@ -265,9 +285,9 @@ impl NativeWal {
     /// `onComplete`, also when its records are invalid or the WAL is closed meanwhile.
     #[napi]
     pub fn submit(&self, jobs: Vec<NativeAppendJob>) -> Result<()> {
-        let wal = self.inner()?;
-        let Some(completions) = &self.completions else {
-            return Err(to_napi_error(doublewrite::Error::Closed { what: "WAL" }));
+        let (wal, completions) = match self.slot().as_ref() {
+            Some(state) => (state.wal.clone(), state.completions.clone()),
+            None => return Err(closed()),
         };
         for job in jobs {
             let ticket = job.ticket;
@@ -282,7 +302,7 @@ impl NativeWal {
                         }),
                     );
                 }
-                Err(e) => deliver(completions, ticket, Err(e.reason)),
+                Err(e) => deliver(&completions, ticket, Err(e.reason)),
             }
         }
         Ok(())
@@ -298,9 +318,7 @@ impl NativeWal {
     /// Resolves once everything queued before it is durable (fails on a poisoned WAL).
     #[napi(ts_return_type = "Promise<void>")]
     pub fn sync(&self) -> Result<AsyncTask<SyncWal>> {
-        Ok(AsyncTask::new(SyncWal {
-            wal: self.inner()?.clone(),
-        }))
+        Ok(AsyncTask::new(SyncWal { wal: self.inner()? }))
     }
 
     #[napi]
@@ -312,7 +330,7 @@ impl NativeWal {
     #[napi(ts_return_type = "Promise<number>")]
     pub fn truncate_before(&self, lsn: BigInt) -> Result<AsyncTask<TruncateWal>> {
         Ok(AsyncTask::new(TruncateWal {
-            wal: self.inner()?.clone(),
+            wal: self.inner()?,
             lsn: u64_from_bigint("lsn", &lsn)?,
         }))
     }
@@ -346,7 +364,8 @@ impl NativeWal {
 
     #[napi(getter)]
     pub fn recovery(&self) -> Result<NativeRecoveryReport> {
-        let report = self.inner()?.recovery();
+        let wal = self.inner()?;
+        let report = wal.recovery();
         Ok(NativeRecoveryReport {
             first_lsn: report.first_lsn.into(),
             last_lsn: report.last_lsn.into(),
@@ -404,25 +423,23 @@ impl NativeWal {
 
     #[napi]
     pub fn is_open(&self) -> bool {
-        self.inner.is_some()
+        self.slot().is_some()
     }
 
     /// Closes on the libuv pool: queued commits complete (their outcomes still arrive
     /// through `onComplete`), then the commit thread stops and the lock is released.
     /// Every later call fails with `ERR_WAL_CLOSED`. Idempotent.
     #[napi(ts_return_type = "Promise<void>")]
-    pub fn close(&mut self) -> AsyncTask<CloseWal> {
-        self.completions = None;
+    pub fn close(&self) -> AsyncTask<CloseWal> {
         AsyncTask::new(CloseWal {
-            wal: self.inner.take(),
+            wal: self.slot().take().map(|state| state.wal),
         })
     }
 
     #[napi]
-    pub fn close_sync(&mut self) -> Result<()> {
-        self.completions = None;
-        match self.inner.take() {
-            Some(wal) => wal.close().into_napi(),
+    pub fn close_sync(&self) -> Result<()> {
+        match self.slot().take() {
+            Some(state) => state.wal.close().into_napi(),
             None => Ok(()),
         }
     }
