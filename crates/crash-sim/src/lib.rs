@@ -23,6 +23,8 @@ use doublewrite::io::Vfs;
 use doublewrite::wal::Weakness;
 use doublewrite::{DwbMode, Error, RecordInput, RecordType, TailProtection, Wal, WalOptions};
 
+const CLEAN_REOPEN: &str = "clean reopen";
+
 /// How a case is set up; all of it derived from the seed.
 #[derive(Debug, Clone)]
 pub struct CaseConfig {
@@ -314,6 +316,12 @@ impl Machine {
                 self.violation(format!(
                     "{context}: LSN {lsn} is not acknowledged but precedes acknowledged LSN {}",
                     self.model.max_acked()
+                ));
+            } else if context == CLEAN_REOPEN {
+                // After a clean close every append has its answer: a record that was
+                // refused must not appear.
+                self.violation(format!(
+                    "{context}: LSN {lsn} (id {id}) was refused but is in the log"
                 ));
             }
             seen.insert(lsn, id);
@@ -662,7 +670,7 @@ impl Machine {
                         self.violation(format!("close failed: {e}"));
                     }
                     drop(wal);
-                    self.recover_and_check("clean reopen")
+                    self.recover_and_check(CLEAN_REOPEN)
                 }
                 66..=87 => self.crash_cycle(wal),
                 88..=93 => self.sync_failure_cycle(wal),

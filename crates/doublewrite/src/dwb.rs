@@ -274,6 +274,11 @@ struct Ring {
     by_lsn: HashMap<u64, Vec<FrameRef>>,
     /// Ring position → LSN, to drop index entries a flush overwrites.
     by_pos: BTreeMap<u64, u64>,
+    /// A span whose frames must be zeroed by the next flush, before that flush's sync:
+    /// copies from a failed flush, or a retracted one (see `retract_last_flush`).
+    erase: Option<(u64, u64)>,
+    /// Ring span of the last successful flush.
+    last_flush: Option<(u64, u64)>,
 }
 
 impl fmt::Debug for Ring {
@@ -482,13 +487,14 @@ impl DoubleWriteBuffer {
     }
 
     /// Writes every staged copy in one write and makes it durable with one fdatasync.
-    /// Does nothing when nothing is staged. On failure the copies stay staged, so a
-    /// retry writes them again; the old ones may be partly overwritten.
+    /// Does nothing when nothing is staged (and nothing is waiting to be erased). On
+    /// failure the copies stay staged, so a retry writes them again, and whatever this
+    /// attempt wrote is zeroed by the next flush.
     pub fn flush(&self) -> Result<()> {
         let mut ring = lock(&self.ring);
         let (mut frames, entries) = {
             let mut staging = lock(&self.staging);
-            if staging.entries.is_empty() {
+            if staging.entries.is_empty() && ring.erase.is_none() {
                 return Ok(());
             }
             let block = self.geometry.block_size_bytes as usize;
@@ -514,6 +520,62 @@ impl DoubleWriteBuffer {
         }
     }
 
+    /// Voids the copies of the last flush: its span is zeroed by the next flush and the
+    /// ring rewinds to reuse it. The WAL calls this after a commit failed *after* its DWB
+    /// flush: the commit's LSNs will be reused, and a copy of a record that was refused
+    /// must never be mistaken later for the record that reuses its LSN. The caller must
+    /// have nothing in flight that the voided copies protect.
+    pub fn retract_last_flush(&self) {
+        let mut ring = lock(&self.ring);
+        let Some((start, end)) = ring.last_flush.take() else {
+            return;
+        };
+        add_erase(&mut ring, start, end);
+        evict(
+            &mut ring,
+            start,
+            end,
+            u64::from(self.geometry.max_record_bytes),
+        );
+        ring.write_pos = start;
+    }
+
+    /// Zeroes (durably) every copy of an LSN at or above `lsn` and returns how many there
+    /// were. Recovery calls this once the log is repaired and synced and ends before
+    /// `lsn`: those copies belong to a commit that never completed, and the LSNs will be
+    /// reused. Other copies in the zeroed span are lost too, which is harmless then.
+    pub fn void_from(&self, lsn: u64) -> Result<usize> {
+        let block = u64::from(self.geometry.block_size_bytes);
+        let mut ring = lock(&self.ring);
+        let stale: Vec<FrameRef> = ring
+            .by_lsn
+            .iter()
+            .filter(|(l, _)| **l >= lsn)
+            .flat_map(|(_, frames)| frames.iter().copied())
+            .collect();
+        for frame in &stale {
+            let start = round_down(frame.ring_pos, block);
+            let end = round_up(
+                frame.ring_pos + FRAME_PREFIX_SIZE as u64 + u64::from(frame.record_len),
+                block,
+            );
+            add_erase(&mut ring, start, end);
+        }
+        if let Some((start, end)) = ring.erase {
+            evict(
+                &mut ring,
+                start,
+                end,
+                u64::from(self.geometry.max_record_bytes),
+            );
+        }
+        drop(ring);
+        if !stale.is_empty() {
+            self.flush()?;
+        }
+        Ok(stale.len())
+    }
+
     fn flush_frames(
         &self,
         ring: &mut Ring,
@@ -534,22 +596,50 @@ impl DoubleWriteBuffer {
             frames.as_mut_slice()[at..at + FRAME_PREFIX_SIZE].copy_from_slice(&prefix);
         }
         ring.next_seq += entries.len() as u64;
-        let offset = self.geometry.ring_offset_bytes() + start;
-        let span: &[u8] = match self.mode {
-            DwbMode::Direct => frames.padded_slice(),
-            _ => frames.as_slice(),
-        };
-        let written = span.len();
-        io::write_all_at(ring.file.as_ref(), span, offset)
-            .map_err(|e| Error::io("write double-write buffer", &self.path, e))?;
-        count_written(written);
-        self.bytes_written
-            .fetch_add(written as u64, Ordering::Relaxed);
-        ring.file
-            .sync_data()
-            .map_err(|e| Error::io("sync double-write buffer", &self.path, e))?;
-        // The written span replaced whatever frames were there.
         let end = start + round_up(len, block);
+        // Zeros over a span waiting to be erased: appended to this write when the span
+        // starts where these frames do (the usual case), else written on their own.
+        let mut separate_erase = None;
+        if let Some((erase_start, erase_end)) = ring.erase {
+            if erase_start >= start && erase_start <= end {
+                frames.resize_zeroed(frames.len().max((erase_end - start) as usize));
+            } else {
+                separate_erase = Some((erase_start, erase_end));
+            }
+        }
+        let direct = self.mode == DwbMode::Direct;
+        let result = (|| {
+            if let Some((erase_start, erase_end)) = separate_erase {
+                let mut zeros = AlignedBuf::new((erase_end - erase_start) as usize, block as usize);
+                zeros.resize_zeroed((erase_end - erase_start) as usize);
+                self.write_ring(ring, zeros.as_slice(), erase_start)?;
+            }
+            let span: &[u8] = if direct {
+                frames.padded_slice()
+            } else {
+                frames.as_slice()
+            };
+            if !span.is_empty() {
+                self.write_ring(ring, span, start)?;
+            }
+            ring.file
+                .sync_data()
+                .map_err(|e| Error::io("sync double-write buffer", &self.path, e))
+        })();
+        if let Err(e) = result {
+            // Whatever reached the file may hold copies of records about to be refused.
+            add_erase(ring, start, start + round_up(frames.len() as u64, block));
+            return Err(e);
+        }
+        if let Some((erase_start, erase_end)) = ring.erase.take() {
+            evict(
+                ring,
+                erase_start,
+                erase_end,
+                u64::from(self.geometry.max_record_bytes),
+            );
+        }
+        // The written span replaced whatever frames were there.
         evict(ring, start, end, u64::from(self.geometry.max_record_bytes));
         for (i, &(lsn, at, record_len)) in entries.iter().enumerate() {
             let frame = FrameRef {
@@ -560,7 +650,18 @@ impl DoubleWriteBuffer {
             ring.by_pos.insert(frame.ring_pos, lsn);
             ring.by_lsn.entry(lsn).or_default().push(frame);
         }
+        ring.last_flush = (len > 0).then_some((start, end));
         ring.write_pos = if end >= ring_bytes { 0 } else { end };
+        Ok(())
+    }
+
+    fn write_ring(&self, ring: &Ring, bytes: &[u8], ring_pos: u64) -> Result<()> {
+        let offset = self.geometry.ring_offset_bytes() + ring_pos;
+        io::write_all_at(ring.file.as_ref(), bytes, offset)
+            .map_err(|e| Error::io("write double-write buffer", &self.path, e))?;
+        count_written(bytes.len());
+        self.bytes_written
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -814,6 +915,17 @@ fn read_span(
     Ok(buf.as_slice()[from..from + len].to_vec())
 }
 
+/// Adds `[start, end)` to the span the next flush must zero.
+fn add_erase(ring: &mut Ring, start: u64, end: u64) {
+    if end <= start {
+        return;
+    }
+    ring.erase = Some(match ring.erase {
+        Some((a, b)) => (a.min(start), b.max(end)),
+        None => (start, end),
+    });
+}
+
 /// Drops index entries of frames overlapping `[start, end)` of the ring.
 fn evict(ring: &mut Ring, start: u64, end: u64, max_record_bytes: u64) {
     let from = start.saturating_sub(FRAME_PREFIX_SIZE as u64 + max_record_bytes);
@@ -902,6 +1014,8 @@ fn scan_ring(
         next_seq,
         by_lsn,
         by_pos,
+        erase: None,
+        last_flush: None,
     })
 }
 

@@ -74,6 +74,47 @@ pub struct FaultPlan {
     pub no_space_at: BTreeSet<u64>,
     /// Direct-I/O opens fail as unsupported (a file system like tmpfs).
     pub refuse_direct_io: bool,
+    /// A named fault point: the fault fires at the `nth` (1-based) operation of `op` on a
+    /// file whose name contains `file` — e.g. the first sync of `wal.dwb`.
+    pub at_point: Option<FaultPoint>,
+}
+
+/// An operation a [`FaultPoint`] can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Write,
+    Sync,
+}
+
+/// What happens at a [`FaultPoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    PowerLoss,
+    FailSync,
+    NoSpace,
+}
+
+/// A fault at a named place: `(op, file, nth) → fault`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultPoint {
+    pub op: Op,
+    pub file: String,
+    pub nth: u64,
+    pub fault: Fault,
+    /// How many matching operations have been seen (internal).
+    pub seen: u64,
+}
+
+impl FaultPoint {
+    pub fn new(op: Op, file: &str, nth: u64, fault: Fault) -> FaultPoint {
+        FaultPoint {
+            op,
+            file: file.to_string(),
+            nth,
+            fault,
+            seen: 0,
+        }
+    }
 }
 
 /// How a crash treats each unsynced sector, for tests that need one outcome.
@@ -99,11 +140,47 @@ pub struct SimStats {
     pub torn_sectors: u64,
 }
 
+/// Sectors written since the last sync, one bit each.
+#[derive(Debug, Default, Clone)]
+struct SectorSet {
+    words: Vec<u64>,
+}
+
+impl SectorSet {
+    fn insert_range(&mut self, first: u64, last: u64) {
+        let need = (last / 64 + 1) as usize;
+        if self.words.len() < need {
+            self.words.resize(need, 0);
+        }
+        for sector in first..=last {
+            self.words[(sector / 64) as usize] |= 1 << (sector % 64);
+        }
+    }
+    fn take(&mut self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (i, word) in std::mem::take(&mut self.words).into_iter().enumerate() {
+            let mut w = word;
+            while w != 0 {
+                let bit = w.trailing_zeros() as u64;
+                out.push(i as u64 * 64 + bit);
+                w &= w - 1;
+            }
+        }
+        out
+    }
+    fn retain_below(&mut self, sector_limit: u64) {
+        let taken = self.take();
+        for sector in taken.into_iter().filter(|&s| s < sector_limit) {
+            self.insert_range(sector, sector);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inode {
     live: Vec<u8>,
     durable: Vec<u8>,
-    dirty_sectors: BTreeSet<u64>,
+    dirty_sectors: SectorSet,
     locked_by: Option<u64>,
 }
 
@@ -247,7 +324,7 @@ impl SimVfs {
             .collect();
         state.inodes.retain(|ino, _| referenced.contains(ino));
         state.powered_off = false;
-        state.plan.crash_at = None;
+        state.plan = FaultPlan::default();
         state.boot += 1;
         state.stats.crashes += 1;
         state.stats.torn_sectors += unsynced_sectors;
@@ -298,16 +375,41 @@ impl SimVfs {
         inode.durable.truncate(len as usize);
         inode
             .dirty_sectors
-            .retain(|&s| s * (SECTOR_SIZE as u64) < len);
+            .retain_below(len.div_ceil(SECTOR_SIZE as u64));
     }
 
-    /// Starts a mutation: counts it and applies the fault plan. `Ok(Some(kind))` tells the
+    /// Starts a mutation: counts it and applies the fault plan; the result tells the
     /// caller which injected fault to apply.
     fn begin_mutation(state: &mut State, boot: u64) -> io::Result<Mutation> {
+        SimVfs::begin_named_mutation(state, boot, None)
+    }
+
+    fn begin_named_mutation(
+        state: &mut State,
+        boot: u64,
+        named: Option<(Op, &Path)>,
+    ) -> io::Result<Mutation> {
         if state.powered_off || boot != state.boot {
             return Err(powered_off_error());
         }
         state.stats.mutations += 1;
+        if let (Some((op, path)), Some(point)) = (named, state.plan.at_point.as_mut()) {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if op == point.op && name.contains(point.file.as_str()) {
+                point.seen += 1;
+                if point.seen == point.nth {
+                    let fault = point.fault;
+                    return Ok(match fault {
+                        Fault::PowerLoss => {
+                            state.powered_off = true;
+                            Mutation::PowerLoss
+                        }
+                        Fault::FailSync => Mutation::FailSync,
+                        Fault::NoSpace => Mutation::NoSpace,
+                    });
+                }
+            }
+        }
         let n = state.stats.mutations;
         if state.plan.crash_at == Some(n) {
             state.powered_off = true;
@@ -333,9 +435,7 @@ enum Mutation {
 
 /// Decides the post-crash content of one file. Returns how many sectors were unsynced.
 fn settle_inode(inode: &mut Inode, rng: &mut SimRng, policy: TearPolicy) -> u64 {
-    let dirty: Vec<u64> = std::mem::take(&mut inode.dirty_sectors)
-        .into_iter()
-        .collect();
+    let dirty: Vec<u64> = inode.dirty_sectors.take();
     let live_len = inode.live.len();
     let durable_len = inode.durable.len();
     // The size changes with a sync only; an unsynced extension may or may not survive.
@@ -665,7 +765,8 @@ impl VfsFile for SimFile {
             ));
         }
         self.check_direct(&state, buf.as_ptr() as usize, buf.len(), offset)?;
-        let mutation = SimVfs::begin_mutation(&mut state, self.boot)?;
+        let mutation =
+            SimVfs::begin_named_mutation(&mut state, self.boot, Some((Op::Write, &self.path)))?;
         let mut len = buf.len();
         if mutation == Mutation::NoSpace {
             // ENOSPC after a prefix of whole sectors (possibly none) was applied.
@@ -689,7 +790,7 @@ impl VfsFile for SimFile {
         if len > 0 {
             let first = (start / SECTOR_SIZE) as u64;
             let last = ((end - 1) / SECTOR_SIZE) as u64;
-            inode.dirty_sectors.extend(first..=last);
+            inode.dirty_sectors.insert_range(first, last);
         }
         match mutation {
             Mutation::PowerLoss => Err(powered_off_error()),
@@ -703,7 +804,7 @@ impl VfsFile for SimFile {
 
     fn sync_data(&self) -> io::Result<()> {
         let mut state = self.vfs.lock();
-        match SimVfs::begin_mutation(&mut state, self.boot)? {
+        match SimVfs::begin_named_mutation(&mut state, self.boot, Some((Op::Sync, &self.path)))? {
             Mutation::PowerLoss => return Err(powered_off_error()),
             Mutation::FailSync => {
                 return Err(io::Error::other("simulated EIO from fdatasync"));
@@ -715,7 +816,7 @@ impl VfsFile for SimFile {
             .inodes
             .get_mut(&self.ino)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "file vanished"))?;
-        let dirty = std::mem::take(&mut inode.dirty_sectors);
+        let dirty = inode.dirty_sectors.take();
         inode.durable.resize(inode.live.len(), 0);
         for sector in dirty {
             let start = sector as usize * SECTOR_SIZE;

@@ -430,6 +430,13 @@ impl Wal {
         // failed before the last shutdown: make it durable before anything builds on it.
         vfs.sync_dir(dir)
             .map_err(|e| Error::io("sync WAL directory", dir, e))?;
+        // Copies of records at or past the recovered end belong to a commit that never
+        // completed; their LSNs will be reused, so they must never be found again.
+        if let Some(dwb) = &dwb {
+            if options.weakness.is_none() {
+                dwb.void_from(recovered.next_lsn)?;
+            }
+        }
         if replace_dwb {
             let aside = dir.join(format!("{DWB_FILE_NAME}.corrupt"));
             vfs.rename(&dwb_path, &aside)

@@ -275,7 +275,9 @@ impl Writer {
             self.stats.padding_bytes += pad_len;
         }
         let end = base + body.len() as u64;
-        self.write_wal(base, &body)?;
+        if let Err(e) = self.write_wal(base, &body) {
+            return Err(self.undo_failed_write(e));
+        }
         if let Err(e) = self.active.file.sync_data() {
             let detail = format!("fdatasync of {} failed: {e}", self.active.path.display());
             self.poisoned = Some(detail.clone());
@@ -520,6 +522,24 @@ impl Writer {
             bytes,
             records,
         };
+    }
+
+    /// After a failed WAL write (the LSNs will be reused): erase its leftovers and sync
+    /// while this commit's DWB copies still protect the tail block, then void those copies
+    /// so a refused record's copy can never stand in for the record that reuses its LSN.
+    /// If the clean-up itself fails, nothing can be promised: the writer poisons itself.
+    fn undo_failed_write(&mut self, error: Error) -> Error {
+        if let Err(cleanup) = self.clean_active() {
+            let detail = format!("a failed write ({error}) could not be undone: {cleanup}");
+            self.poisoned = Some(detail.clone());
+            return Error::WalPoisoned { detail };
+        }
+        if let Some(dwb) = &self.dwb {
+            if self.options.weakness.is_none() {
+                dwb.retract_last_flush();
+            }
+        }
+        error
     }
 
     /// Extends the empty active segment with zeros to `size` bytes, durably.

@@ -1,0 +1,289 @@
+//! Named fault points on the simulated disk: power loss before the DWB sync, between the
+//! two syncs, after the WAL sync; a failed sync; a full disk; a DWB that cannot be written
+//! under the strict and the degraded policies. Each crash test runs many tear patterns.
+
+mod common;
+
+use common::{payload, put, replay_all, Env};
+use doublewrite::io::sim::{Fault, FaultPlan, FaultPoint, Op, SimRng, TearPolicy};
+use doublewrite::{Protection, ProtectionState, WalOptions};
+
+/// Small segments: the simulated disk holds every byte in memory.
+fn small() -> WalOptions {
+    WalOptions {
+        segment_size_bytes: 256 * 1024,
+        ..WalOptions::default()
+    }
+}
+
+/// Writes `acked` records (one commit each, small, so they share the tail block), arms
+/// `point`, appends a batch that the fault interrupts, crashes with `seed`, reopens.
+/// Returns the records after recovery and the recovery report's repair count.
+fn interrupted_commit(point: FaultPoint, seed: u64) -> (Vec<(u64, Vec<u8>)>, u64, bool) {
+    let env = Env::sim();
+    let sim = env.sim.clone().unwrap();
+    let wal = env.open(small()).unwrap();
+    for i in 1..=6 {
+        wal.append(put(i, 150)).unwrap();
+    }
+    sim.set_plan(FaultPlan {
+        at_point: Some(point),
+        ..FaultPlan::default()
+    });
+    let result = wal.append_batch((7..=12).map(|i| put(i, 150)).collect());
+    drop(wal);
+    let acked_second = result.is_ok();
+    if !sim.is_powered_off() {
+        sim.power_off();
+    }
+    sim.crash(&mut SimRng::new(seed), TearPolicy::Random);
+    let wal = env.open(small()).unwrap();
+    (
+        replay_all(&wal),
+        wal.recovery().repaired_from_dwb,
+        acked_second,
+    )
+}
+
+fn expect_prefix(records: &[(u64, Vec<u8>)], at_least: u64) {
+    assert!(
+        records.len() as u64 >= at_least,
+        "{} records, {at_least} acknowledged",
+        records.len()
+    );
+    for (i, (lsn, bytes)) in records.iter().enumerate() {
+        assert_eq!(*lsn, i as u64 + 1, "LSNs are contiguous");
+        assert!(bytes == &payload(*lsn, 150), "LSN {lsn} is intact");
+    }
+}
+
+#[test]
+fn crash_before_the_dwb_sync_keeps_every_acknowledged_record() {
+    for seed in 0..60 {
+        let (records, _, acked) = interrupted_commit(
+            FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::PowerLoss),
+            seed,
+        );
+        assert!(!acked);
+        expect_prefix(&records, 6);
+        // No WAL byte of the interrupted commit was written: nothing of it can appear.
+        assert_eq!(records.len(), 6, "seed {seed}");
+    }
+}
+
+#[test]
+fn crash_between_the_syncs_repairs_the_torn_tail_from_the_dwb() {
+    let mut repairs = 0;
+    for seed in 0..60 {
+        // Power fails during the WAL write, after the DWB copies are durable: the write
+        // rewrites the block holding records 1–6 and may tear it.
+        let (records, repaired, acked) = interrupted_commit(
+            FaultPoint::new(Op::Write, ".seg", 1, Fault::PowerLoss),
+            seed,
+        );
+        assert!(!acked);
+        expect_prefix(&records, 6);
+        repairs += repaired;
+    }
+    assert!(repairs > 0, "some tear patterns needed the DWB");
+}
+
+#[test]
+fn crash_after_the_wal_sync_keeps_the_synced_commit() {
+    for seed in 0..30 {
+        // The WAL sync completes; power fails at the next mutation, before the caller
+        // hears back: the commit is durable and comes back whole.
+        let env = Env::sim();
+        let sim = env.sim.clone().unwrap();
+        let wal = env.open(small()).unwrap();
+        for i in 1..=6 {
+            wal.append(put(i, 150)).unwrap();
+        }
+        wal.append_batch((7..=12).map(|i| put(i, 150)).collect())
+            .unwrap();
+        sim.power_off();
+        drop(wal);
+        sim.crash(&mut SimRng::new(seed), TearPolicy::Random);
+        let wal = env.open(small()).unwrap();
+        let records = replay_all(&wal);
+        expect_prefix(&records, 12);
+        assert_eq!(records.len(), 12);
+    }
+}
+
+#[test]
+fn failed_wal_sync_poisons_until_reopened() {
+    let env = Env::sim();
+    let sim = env.sim.clone().unwrap();
+    let wal = env.open(small()).unwrap();
+    wal.append(put(1, 10)).unwrap();
+    sim.set_plan(FaultPlan {
+        at_point: Some(FaultPoint::new(Op::Sync, ".seg", 1, Fault::FailSync)),
+        ..FaultPlan::default()
+    });
+    let err = wal.append(put(2, 10)).unwrap_err();
+    assert_eq!(err.code(), "ERR_WAL_POISONED", "{err}");
+    // Never retried into a success: every later append and sync is refused.
+    sim.set_plan(FaultPlan::default());
+    assert_eq!(
+        wal.append(put(3, 10)).unwrap_err().code(),
+        "ERR_WAL_POISONED"
+    );
+    assert_eq!(wal.sync().unwrap_err().code(), "ERR_WAL_POISONED");
+    assert_eq!(wal.stats().unprotected_records, 0);
+    wal.close().unwrap();
+    drop(wal);
+    let wal = env.open(small()).unwrap();
+    let records = replay_all(&wal);
+    // Record 1 was acknowledged; record 2 may or may not have survived (never acked).
+    assert!(records[0] == (1, payload(1, 10)));
+    assert!(records.len() <= 2);
+    let next = wal.append(put(9, 10)).unwrap();
+    assert_eq!(next, records.len() as u64 + 1);
+}
+
+#[test]
+fn full_disk_at_segment_roll_takes_no_lsn_and_the_wal_keeps_working() {
+    let env = Env::sim();
+    let sim = env.sim.clone().unwrap();
+    let options = WalOptions {
+        segment_size_bytes: 16 * 1024,
+        ..WalOptions::default()
+    };
+    let wal = env.open(options).unwrap();
+    wal.append(put(1, 10_000)).unwrap();
+    // The next commit does not fit: the new segment's preallocation hits ENOSPC.
+    sim.set_plan(FaultPlan {
+        at_point: Some(FaultPoint::new(Op::Write, ".seg.tmp", 1, Fault::NoSpace)),
+        ..FaultPlan::default()
+    });
+    let err = wal.append(put(2, 10_000)).unwrap_err();
+    assert_eq!(err.code(), "ERR_NO_SPACE", "{err}");
+    assert_eq!(wal.next_lsn(), 2, "no LSN consumed");
+    sim.set_plan(FaultPlan::default());
+    assert_eq!(wal.append(put(2, 10_000)).unwrap(), 2);
+    drop(wal);
+    let wal = env.open(options).unwrap();
+    assert_eq!(replay_all(&wal).len(), 2);
+}
+
+#[test]
+fn full_disk_during_the_wal_write_acknowledges_nothing_partial() {
+    let env = Env::sim();
+    let sim = env.sim.clone().unwrap();
+    let wal = env.open(small()).unwrap();
+    for i in 1..=3 {
+        wal.append(put(i, 700)).unwrap();
+    }
+    sim.set_plan(FaultPlan {
+        at_point: Some(FaultPoint::new(Op::Write, ".seg", 1, Fault::NoSpace)),
+        ..FaultPlan::default()
+    });
+    let err = wal
+        .append_batch((4..=9).map(|i| put(i, 700)).collect())
+        .unwrap_err();
+    assert_eq!(err.code(), "ERR_NO_SPACE");
+    assert_eq!(wal.next_lsn(), 4);
+    sim.set_plan(FaultPlan::default());
+    // A smaller commit reuses the LSN; the partial leftovers of the failed one are erased.
+    assert_eq!(wal.append(put(4, 5)).unwrap(), 4);
+    drop(wal);
+    sim.crash(&mut SimRng::new(5), TearPolicy::Random);
+    let wal = env.open(small()).unwrap();
+    let records = replay_all(&wal);
+    assert_eq!(records.len(), 4);
+    assert!(records[3] == (4, payload(4, 5)));
+    assert_eq!(
+        wal.recovery().torn_tail_bytes,
+        0,
+        "no leftovers of the failed write"
+    );
+}
+
+#[test]
+fn strict_policy_refuses_when_the_dwb_cannot_be_written() {
+    let env = Env::sim();
+    let sim = env.sim.clone().unwrap();
+    let wal = env.open(small()).unwrap();
+    wal.append(put(1, 100)).unwrap();
+    let segment = env.segments()[0].clone();
+    let before = env.read(&segment);
+    sim.set_plan(FaultPlan {
+        at_point: Some(FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::FailSync)),
+        ..FaultPlan::default()
+    });
+    let err = wal.append(put(2, 100)).unwrap_err();
+    assert_eq!(err.code(), "ERR_DWB_UNAVAILABLE", "{err}");
+    assert_eq!(env.read(&segment), before, "no WAL byte was written");
+    assert_eq!(wal.next_lsn(), 2);
+    // The DWB works again: so does the WAL.
+    sim.set_plan(FaultPlan::default());
+    assert_eq!(wal.append(put(2, 100)).unwrap(), 2);
+    assert_eq!(wal.protection().state, ProtectionState::Active);
+    assert_eq!(wal.stats().unprotected_records, 0);
+}
+
+#[test]
+fn degraded_policy_acknowledges_and_reports_the_state() {
+    let env = Env::sim();
+    let sim = env.sim.clone().unwrap();
+    let options = WalOptions {
+        protection: Protection::Degraded,
+        ..small()
+    };
+    let wal = env.open(options).unwrap();
+    wal.append(put(1, 100)).unwrap();
+    sim.set_plan(FaultPlan {
+        at_point: Some(FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::FailSync)),
+        ..FaultPlan::default()
+    });
+    assert_eq!(wal.append(put(2, 100)).unwrap(), 2);
+    sim.set_plan(FaultPlan::default());
+    for i in 3..=10 {
+        wal.append(put(i, 100)).unwrap();
+    }
+    let protection = wal.protection();
+    assert_eq!(protection.state, ProtectionState::Degraded);
+    // The commit that found the DWB broken moved to a fresh segment instead of rewriting
+    // the block holding record 1, and every later commit is padded: nothing unprotected.
+    assert_eq!(protection.unprotected_records, 0);
+    assert!(wal.stats().padding_bytes > 0);
+    assert_eq!(wal.segments().len(), 2);
+    drop(wal);
+    sim.crash(&mut SimRng::new(1), TearPolicy::Random);
+    let wal = env.open(options).unwrap();
+    assert_eq!(replay_all(&wal).len(), 10);
+}
+
+#[test]
+fn crash_while_recovery_repairs_then_a_second_recovery() {
+    let mut exercised = 0;
+    for seed in 0..80 {
+        let env = Env::sim();
+        let sim = env.sim.clone().unwrap();
+        let wal = env.open(small()).unwrap();
+        for i in 1..=6 {
+            wal.append(put(i, 150)).unwrap();
+        }
+        sim.set_plan(FaultPlan {
+            at_point: Some(FaultPoint::new(Op::Write, ".seg", 1, Fault::PowerLoss)),
+            ..FaultPlan::default()
+        });
+        let _ = wal.append_batch((7..=12).map(|i| put(i, 150)).collect());
+        drop(wal);
+        sim.crash(&mut SimRng::new(seed), TearPolicy::Random);
+        // The first recovery loses power at its first write (a repair or the erase).
+        sim.set_plan(FaultPlan {
+            at_point: Some(FaultPoint::new(Op::Write, ".seg", 1, Fault::PowerLoss)),
+            ..FaultPlan::default()
+        });
+        if env.open(small()).is_err() {
+            exercised += 1;
+            sim.crash(&mut SimRng::new(seed + 1000), TearPolicy::Random);
+        }
+        sim.set_plan(FaultPlan::default());
+        let wal = env.open(small()).unwrap();
+        expect_prefix(&replay_all(&wal), 6);
+    }
+    assert!(exercised > 0, "some recoveries were interrupted");
+}
