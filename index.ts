@@ -103,7 +103,16 @@ function errorClassFor(code: string): ErrorClass {
   }
 }
 
-/** Builds a coded error the way Node's own errors look: `TypeError [ERR_X]: message`. */
+/** The argument checks of this file: their frames are left out of error stacks. */
+const CHECK_FRAME = new RegExp(
+  `^\\s+at (?:codedError|invalidType|outOfRange|invalidValue|check\\w+|recordInput|batchInputs|dwbOptions|walOptions) \\(${__filename.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:`,
+)
+
+/**
+ * Builds a coded error the way Node's own errors look: `TypeError [ERR_X]: message`.
+ * `frames` replaces the stack frames (those of an error from the binding); without it the
+ * stack starts at the public method that rejected the argument.
+ */
 function codedError(code: string, message: string, frames?: string): DoublewriteError {
   const error = new (errorClassFor(code))(message) as DoublewriteError
   Object.defineProperty(error, 'code', {
@@ -114,7 +123,13 @@ function codedError(code: string, message: string, frames?: string): Doublewrite
   })
   const ownHead = `${error.name}: ${message}`
   const stack = error.stack ?? ownHead
-  const ownFrames = stack.startsWith(ownHead) ? stack.slice(ownHead.length) : ''
+  let ownFrames = stack.startsWith(ownHead) ? stack.slice(ownHead.length) : ''
+  if (frames === undefined) {
+    const lines = ownFrames.split('\n')
+    let first = 1
+    while (first < lines.length && CHECK_FRAME.test(lines[first] ?? '')) first += 1
+    ownFrames = ['', ...lines.slice(first)].join('\n')
+  }
   error.stack = `${error.name} [${code}]: ${message}${frames ?? ownFrames}`
   return error
 }
@@ -420,6 +435,20 @@ export class WalRecord {
 
   get [Symbol.toStringTag](): string {
     return 'WalRecord'
+  }
+
+  /** What `console.log` and `util.inspect` show. */
+  [Symbol.for('nodejs.util.inspect.custom')](): object {
+    return {
+      recordType: this.recordType,
+      lsn: this.lsn,
+      commitLsn: this.commitLsn,
+      tenantId: this.tenantId,
+      vshardId: this.vshardId,
+      databaseId: this.databaseId,
+      payloadLength: this.encodedLength - HEADER_SIZE,
+      crc: this.crc,
+    }
   }
 }
 

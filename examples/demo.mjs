@@ -45,7 +45,7 @@ try {
   console.log(
     `appended ${RECORDS} records in ${elapsedMs.toFixed(0)} ms with group commit: ` +
       `${stats.commits} commits, ${stats.walSyncs} WAL syncs, ${stats.dwbSyncs} DWB syncs ` +
-      `(${stats.dwbBytesWritten} DWB bytes for the at-risk records), last LSN ${wal.lastLsn}`,
+      `(${stats.dwbBytesWritten} bytes of DWB copies), last LSN ${wal.lastLsn}`,
   )
   console.log(`protection: ${JSON.stringify(wal.protection, (_, v) => (typeof v === 'bigint' ? Number(v) : v))}`)
   await wal.close()
