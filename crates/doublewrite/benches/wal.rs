@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 use doublewrite::{DwbMode, RecordInput, RecordType, TailProtection, Wal, WalOptions};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Row {
@@ -79,7 +82,13 @@ fn open_wal(dir: &Path, options: WalOptions) -> Wal {
 }
 
 /// One writer awaiting each commit of `batch` records.
-fn one_writer(dir: &Path, options: WalOptions, batch: usize, size: usize, seconds: f64) -> (f64, f64) {
+fn one_writer(
+    dir: &Path,
+    options: WalOptions,
+    batch: usize,
+    size: usize,
+    seconds: f64,
+) -> (f64, f64) {
     let wal = open_wal(dir, options);
     let payload = vec![0xA7u8; size];
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -99,7 +108,13 @@ fn one_writer(dir: &Path, options: WalOptions, batch: usize, size: usize, second
 }
 
 /// `threads` appenders, each awaiting its own single-record appends (group commit).
-fn concurrent(dir: &Path, options: WalOptions, threads: usize, size: usize, seconds: f64) -> (f64, f64) {
+fn concurrent(
+    dir: &Path,
+    options: WalOptions,
+    threads: usize,
+    size: usize,
+    seconds: f64,
+) -> (f64, f64) {
     let wal = Arc::new(open_wal(dir, options));
     let stop = Arc::new(AtomicBool::new(false));
     let appended = Arc::new(AtomicU64::new(0));
@@ -110,7 +125,8 @@ fn concurrent(dir: &Path, options: WalOptions, threads: usize, size: usize, seco
             std::thread::spawn(move || {
                 let payload = vec![0x3Cu8; size];
                 while !stop.load(Ordering::Relaxed) {
-                    wal.append(RecordInput::new(RecordType::PUT, payload.clone())).unwrap();
+                    wal.append(RecordInput::new(RecordType::PUT, payload.clone()))
+                        .unwrap();
                     appended.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -125,15 +141,19 @@ fn concurrent(dir: &Path, options: WalOptions, threads: usize, size: usize, seco
     let stats = wal.stats();
     assert_eq!(stats.unprotected_records, 0);
     wal.close().unwrap();
-    (appended.load(Ordering::Relaxed) as f64 / secs, stats.commits as f64 / secs)
+    (
+        appended.load(Ordering::Relaxed) as f64 / secs,
+        stats.commits as f64 / secs,
+    )
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let runs: usize = env_or("DW_BENCH_RUNS", 3);
     let seconds: f64 = env_or("DW_BENCH_SECONDS", 2.0);
-    let tmp = tempfile::tempdir_in(std::env::var("DW_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
-        .unwrap_or_else(|_| tempfile::tempdir().unwrap());
+    let tmp =
+        tempfile::tempdir_in(std::env::var("DW_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
+            .unwrap_or_else(|_| tempfile::tempdir().unwrap());
     let dir = tmp.path();
     let mirror = WalOptions {
         segment_size_bytes: 256 << 20,
@@ -150,16 +170,56 @@ fn main() {
     type Case<'a> = (&'a str, Box<dyn Fn() -> (f64, f64) + 'a>, &'a str);
     let wal_dir = dir.join("wal");
     let cases: Vec<Case> = vec![
-        ("device: write+fdatasync, 1 file", Box::new(|| device_limit(dir, 1, seconds)), "4 KiB overwrite"),
-        ("device: two-file cycle", Box::new(|| device_limit(dir, 2, seconds)), "cycles/s"),
-        ("mirror, 1 writer, 128 B", Box::new(|| one_writer(&wal_dir, mirror, 1, 128, seconds)), ""),
-        ("pad, 1 writer, 128 B", Box::new(|| one_writer(&wal_dir, pad, 1, 128, seconds)), ""),
-        ("mirror+direct DWB, 1 writer, 128 B", Box::new(|| one_writer(&wal_dir, direct, 1, 128, seconds)), ""),
-        ("mirror, batches of 64, 128 B", Box::new(|| one_writer(&wal_dir, mirror, 64, 128, seconds)), ""),
-        ("pad, batches of 64, 128 B", Box::new(|| one_writer(&wal_dir, pad, 64, 128, seconds)), ""),
-        ("mirror, 64 threads, 128 B", Box::new(|| concurrent(&wal_dir, mirror, 64, 128, seconds)), ""),
-        ("pad, 64 threads, 128 B", Box::new(|| concurrent(&wal_dir, pad, 64, 128, seconds)), ""),
-        ("mirror, batches of 64, 4 KiB", Box::new(|| one_writer(&wal_dir, mirror, 64, 4096, seconds)), ""),
+        (
+            "device: write+fdatasync, 1 file",
+            Box::new(|| device_limit(dir, 1, seconds)),
+            "4 KiB overwrite",
+        ),
+        (
+            "device: two-file cycle",
+            Box::new(|| device_limit(dir, 2, seconds)),
+            "cycles/s",
+        ),
+        (
+            "mirror, 1 writer, 128 B",
+            Box::new(|| one_writer(&wal_dir, mirror, 1, 128, seconds)),
+            "",
+        ),
+        (
+            "pad, 1 writer, 128 B",
+            Box::new(|| one_writer(&wal_dir, pad, 1, 128, seconds)),
+            "",
+        ),
+        (
+            "mirror+direct DWB, 1 writer, 128 B",
+            Box::new(|| one_writer(&wal_dir, direct, 1, 128, seconds)),
+            "",
+        ),
+        (
+            "mirror, batches of 64, 128 B",
+            Box::new(|| one_writer(&wal_dir, mirror, 64, 128, seconds)),
+            "",
+        ),
+        (
+            "pad, batches of 64, 128 B",
+            Box::new(|| one_writer(&wal_dir, pad, 64, 128, seconds)),
+            "",
+        ),
+        (
+            "mirror, 64 threads, 128 B",
+            Box::new(|| concurrent(&wal_dir, mirror, 64, 128, seconds)),
+            "",
+        ),
+        (
+            "pad, 64 threads, 128 B",
+            Box::new(|| concurrent(&wal_dir, pad, 64, 128, seconds)),
+            "",
+        ),
+        (
+            "mirror, batches of 64, 4 KiB",
+            Box::new(|| one_writer(&wal_dir, mirror, 64, 4096, seconds)),
+            "",
+        ),
     ];
     let mut rows: Vec<Row> = cases
         .iter()

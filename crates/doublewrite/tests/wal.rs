@@ -35,6 +35,7 @@ on_both!(
     empty_payload_and_max_sizes,
     direct_io_multi_flush_replays_completely,
     closed_wal_rejects,
+    prepared_segments_roll_and_replay,
 );
 
 fn append_replay_reopen_continue(env: &Env) {
@@ -531,4 +532,34 @@ fn closed_wal_rejects(env: &Env) {
     wal.close().unwrap();
     assert_eq!(wal.append(put(2, 1)).unwrap_err().code(), "ERR_WAL_CLOSED");
     assert_eq!(wal.sync().unwrap_err().code(), "ERR_WAL_CLOSED");
+}
+
+fn prepared_segments_roll_and_replay(env: &Env) {
+    let options = WalOptions {
+        prepare_segments: true,
+        ..small_options()
+    };
+    let mut expected = Vec::new();
+    for round in 0..3u64 {
+        let wal = env.open(options).unwrap();
+        for i in 1..=300u64 {
+            let lsn = round * 300 + i;
+            wal.append(put(lsn, 350)).unwrap();
+            expected.push((lsn, payload(lsn, 350)));
+        }
+        assert!(wal.stats().segment_rolls >= 1);
+        assert_records(&replay_all(&wal), &expected);
+        wal.close().unwrap();
+    }
+    // Every segment is named after its first record; no spare was mistaken for one.
+    let wal = env.open(options).unwrap();
+    assert_records(&replay_all(&wal), &expected);
+    for segment in wal.segments() {
+        let first = env
+            .locate()
+            .into_iter()
+            .find(|r| r.0 == segment.path)
+            .map(|r| r.1);
+        assert_eq!(first, Some(segment.first_lsn));
+    }
 }

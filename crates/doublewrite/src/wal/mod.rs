@@ -149,6 +149,10 @@ pub struct WalOptions {
     pub tail_protection: TailProtection,
     /// Group commit merges queued appends up to this many payload bytes.
     pub max_commit_bytes: u64,
+    /// Prepare the next segment on a background thread, so a roll costs a header write
+    /// instead of zero-filling a whole segment inside a commit. Off by default here (the
+    /// simulator needs every I/O on one thread to replay a seed); the Node API turns it on.
+    pub prepare_segments: bool,
     #[doc(hidden)]
     pub weakness: Option<Weakness>,
 }
@@ -164,6 +168,7 @@ impl Default for WalOptions {
             protection: Protection::Strict,
             tail_protection: TailProtection::Mirror,
             max_commit_bytes: DEFAULT_MAX_COMMIT_BYTES,
+            prepare_segments: false,
             weakness: None,
         }
     }

@@ -194,6 +194,74 @@ pub fn create_segment_file(
     result.map(|()| path)
 }
 
+/// Name of the segment the writer prepares ahead of time (see [`prepare_spare`]).
+pub const SPARE_NAME: &str = "wal-spare.seg.tmp";
+
+/// Creates a zero-filled, synced file of `size_bytes` at `dir/SPARE_NAME`, ready to become
+/// the next segment (see [`adopt_spare`]). Stops early, removing the file, once `cancel`
+/// is set. Its name ends in `.tmp`: an unused spare is removed at the next open.
+pub fn prepare_spare(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    size_bytes: u64,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<PathBuf> {
+    let path = dir.join(SPARE_NAME);
+    if vfs.kind(&path).ok().flatten().is_some() {
+        vfs.remove_file(&path)
+            .map_err(|e| Error::io("remove old spare segment", &path, e))?;
+    }
+    let file = vfs
+        .open(&path, OpenOptions::create_new())
+        .map_err(|e| Error::io("create spare segment", &path, e))?;
+    let chunk = vec![0u8; ZERO_CHUNK_BYTES.min(size_bytes as usize)];
+    let mut offset = 0u64;
+    while offset < size_bytes {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            drop(file);
+            let _ = vfs.remove_file(&path);
+            return Err(Error::Closed { what: "WAL" });
+        }
+        let n = chunk.len().min((size_bytes - offset) as usize);
+        io::write_all_at(file.as_ref(), &chunk[..n], offset)
+            .map_err(|e| Error::io("preallocate spare segment", &path, e))?;
+        offset += n as u64;
+    }
+    file.sync_all()
+        .map_err(|e| Error::io("sync spare segment", &path, e))?;
+    Ok(path)
+}
+
+/// Turns a prepared spare into the segment for `first_lsn`: writes and syncs its header,
+/// then renames it into place. The caller syncs the directory.
+pub fn adopt_spare(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    spare: &Path,
+    first_lsn: u64,
+    block_size_bytes: u32,
+) -> Result<PathBuf> {
+    let path = dir.join(segment_name(first_lsn));
+    let header = SegmentHeader {
+        block_size_bytes,
+        first_lsn,
+        epoch: random_u64(),
+    };
+    let file = vfs
+        .open(spare, OpenOptions::read_write())
+        .map_err(|e| Error::io("open spare segment", spare, e))?;
+    let mut block = vec![0u8; block_size_bytes as usize];
+    block[..HEADER_FIELDS_SIZE].copy_from_slice(&header.encode());
+    io::write_all_at(file.as_ref(), &block, 0)
+        .map_err(|e| Error::io("write segment header", spare, e))?;
+    file.sync_data()
+        .map_err(|e| Error::io("sync segment header", spare, e))?;
+    drop(file);
+    vfs.rename(spare, &path)
+        .map_err(|e| Error::io("rename spare segment", &path, e))?;
+    Ok(path)
+}
+
 /// Writes `head` followed by zeros up to `size_bytes`.
 fn write_zero_filled(file: &dyn VfsFile, path: &Path, head: &[u8], size_bytes: u64) -> Result<()> {
     let chunk_len = (ZERO_CHUNK_BYTES as u64).min(size_bytes) as usize;

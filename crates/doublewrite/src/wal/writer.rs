@@ -78,8 +78,27 @@ pub(crate) struct Writer {
     dir_sync_pending: bool,
     pub(crate) stats: WalStats,
     buf: AlignedBuf,
+    /// The next segment, being prepared on a background thread.
+    spare: Option<SpareJob>,
     /// Held for the writer's lifetime: the directory lock.
     _lock: Box<dyn VfsFile>,
+}
+
+/// A background preparation of the next segment (see `WalOptions::prepare_segments`).
+#[derive(Debug)]
+struct SpareJob {
+    size: u64,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Result<PathBuf>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(job) = self.spare.take() {
+            job.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = job.handle.join();
+        }
+    }
 }
 
 impl Writer {
@@ -147,6 +166,7 @@ impl Writer {
             options,
             dwb,
             dwb_failed,
+            spare: None,
             _lock: lock,
         };
         // A recovered log whose end shares a block with records the next commit could not
@@ -166,6 +186,7 @@ impl Writer {
                 writer.roll(next, 0)?;
             }
         }
+        writer.start_spare();
         Ok(writer)
     }
 
@@ -590,13 +611,22 @@ impl Writer {
             .options
             .segment_size_bytes
             .max(round_up(block + commit_bytes, block));
-        let path = segment::create_segment_file(
-            self.vfs.as_ref(),
-            &self.dir,
-            first_lsn,
-            block as u32,
-            size,
-        )?;
+        let path = match self.take_spare(size) {
+            Some(spare) => segment::adopt_spare(
+                self.vfs.as_ref(),
+                &self.dir,
+                &spare,
+                first_lsn,
+                block as u32,
+            )?,
+            None => segment::create_segment_file(
+                self.vfs.as_ref(),
+                &self.dir,
+                first_lsn,
+                block as u32,
+                size,
+            )?,
+        };
         let file = self
             .vfs
             .open(
@@ -623,7 +653,39 @@ impl Writer {
         };
         self.stats.segment_rolls += 1;
         self.dir_sync_pending = true;
+        self.start_spare();
         self.sync_dir_if_pending()
+    }
+
+    /// Starts preparing the next segment in the background, if enabled and not running.
+    fn start_spare(&mut self) {
+        if !self.options.prepare_segments || self.spare.is_some() {
+            return;
+        }
+        let (vfs, dir) = (self.vfs.clone(), self.dir.clone());
+        let size = self.options.segment_size_bytes;
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cancel.clone();
+        let spawned = std::thread::Builder::new()
+            .name("doublewrite-spare".into())
+            .spawn(move || segment::prepare_spare(vfs.as_ref(), &dir, size, &flag));
+        if let Ok(handle) = spawned {
+            self.spare = Some(SpareJob {
+                size,
+                cancel,
+                handle,
+            });
+        }
+    }
+
+    /// The prepared spare if it is at least `size` bytes (waiting for it to finish);
+    /// `None` when there is none or it failed — the caller then creates a segment itself.
+    fn take_spare(&mut self, size: u64) -> Option<PathBuf> {
+        if self.spare.as_ref().is_none_or(|job| job.size < size) {
+            return None;
+        }
+        let job = self.spare.take()?;
+        job.handle.join().ok()?.ok()
     }
 
     /// Makes the newest segment's name durable, if that is still outstanding.
