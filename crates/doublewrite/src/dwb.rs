@@ -396,6 +396,58 @@ impl DoubleWriteBuffer {
         })
     }
 
+    /// Opens an existing DWB for reading only: nothing is created or written (for
+    /// verification tools). Flushing it fails.
+    pub fn open_read_only(vfs: Arc<dyn Vfs>, path: &Path) -> Result<DoubleWriteBuffer> {
+        let file = vfs
+            .open(path, OpenOptions::read_only())
+            .map_err(|e| Error::io("open double-write buffer", path, e))?;
+        let geometry = read_geometry(file.as_ref(), path, false)?;
+        let len = file.len().map_err(|e| Error::io("measure", path, e))?;
+        if len < geometry.file_bytes() {
+            return Err(Error::DwbCorrupt {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "file is {len} bytes but its geometry needs {}",
+                    geometry.file_bytes()
+                ),
+            });
+        }
+        let ring = scan_ring(file, path, &geometry, false)?;
+        let block = geometry.block_size_bytes as usize;
+        Ok(DoubleWriteBuffer {
+            path: path.to_path_buf(),
+            mode: DwbMode::Buffered,
+            geometry,
+            staging: Mutex::new(Staging {
+                frames: AlignedBuf::new(block, block),
+                entries: Vec::new(),
+            }),
+            ring: Mutex::new(ring),
+            skipped_records: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+        })
+    }
+
+    /// Reads every indexed frame back and checks its prefix and record CRC:
+    /// (LSN, seq, ring offset, record length, valid).
+    pub fn check_frames(&self) -> Result<Vec<(u64, u64, u64, u32, bool)>> {
+        let ring = lock(&self.ring);
+        let mut out = Vec::new();
+        for (&lsn, frames) in &ring.by_lsn {
+            for frame in frames {
+                let valid = match self.read_frame(ring.file.as_ref(), *frame)? {
+                    Some(record) => check_encoded(&record)
+                        .is_ok_and(|(h, _)| h.lsn == lsn && h.record_len() == record.len()),
+                    None => false,
+                };
+                out.push((lsn, frame.seq, frame.ring_pos, frame.record_len, valid));
+            }
+        }
+        out.sort_by_key(|f| f.1);
+        Ok(out)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -949,8 +1001,9 @@ fn evict(ring: &mut Ring, start: u64, end: u64, max_record_bytes: u64) {
 }
 
 /// Reads the ring once, in large sequential chunks, and indexes every frame whose prefix
-/// and record header are valid. Frames are found by following chains from each block
-/// boundary; remnants of older flushes that no chain reaches are, correctly, ignored.
+/// and record header are valid. Frames are found by following chains from every block
+/// boundary (a flush starts on one); where two frames overlap, the older one was partly
+/// overwritten by a later flush and is dropped. Remnants no chain reaches are ignored.
 fn scan_ring(
     file: Box<dyn VfsFile>,
     path: &Path,
@@ -960,14 +1013,13 @@ fn scan_ring(
     let block = u64::from(geometry.block_size_bytes);
     let ring_bytes = geometry.ring_bytes();
     let mut reader = RingReader::new(file.as_ref(), path, geometry, direct);
-    let mut by_lsn: HashMap<u64, Vec<FrameRef>> = HashMap::new();
-    let mut by_pos = BTreeMap::new();
-    let mut newest: Option<(u64, u64)> = None; // (seq, end of that frame)
+    // (position, record length, seq, LSN) of every frame found.
+    let mut found: BTreeMap<u64, (u32, u64, u64)> = BTreeMap::new();
     let head_len = FRAME_PREFIX_SIZE + HEADER_SIZE;
     let mut block_pos = 0u64;
     while block_pos < ring_bytes {
         let mut pos = block_pos;
-        while pos + head_len as u64 <= ring_bytes {
+        while pos + head_len as u64 <= ring_bytes && !found.contains_key(&pos) {
             let head = reader.bytes_at(pos, head_len)?;
             let Some((record_len, seq)) = parse_frame_prefix(head, geometry.max_record_bytes)
             else {
@@ -983,23 +1035,45 @@ fn scan_ring(
             if header.record_len() != record_len as usize {
                 break;
             }
-            let frame = FrameRef {
-                seq,
-                ring_pos: pos,
-                record_len,
-            };
-            by_pos.insert(pos, header.lsn);
-            by_lsn.entry(header.lsn).or_default().push(frame);
-            if newest.is_none_or(|(s, _)| seq > s) {
-                newest = Some((seq, frame_end));
-            }
+            found.insert(pos, (record_len, seq, header.lsn));
             pos = frame_end;
         }
-        block_pos = if pos == block_pos {
-            block_pos + block
-        } else {
-            round_up(pos, block)
-        };
+        block_pos += block;
+    }
+    // Drop frames a newer flush overlapped: sweep in position order, keeping a stack of
+    // non-overlapping frames and letting the higher sequence win each overlap.
+    let mut kept: Vec<(u64, u32, u64, u64)> = Vec::with_capacity(found.len());
+    for (pos, (record_len, seq, lsn)) in found {
+        let mut candidate = Some((pos, record_len, seq, lsn));
+        while let (Some(c), Some(&last)) = (candidate, kept.last()) {
+            let last_end = last.0 + FRAME_PREFIX_SIZE as u64 + u64::from(last.1);
+            if last_end <= c.0 {
+                break;
+            }
+            if last.2 > c.2 {
+                candidate = None;
+            } else {
+                kept.pop();
+            }
+        }
+        if let Some(c) = candidate {
+            kept.push(c);
+        }
+    }
+    let mut by_lsn: HashMap<u64, Vec<FrameRef>> = HashMap::new();
+    let mut by_pos = BTreeMap::new();
+    let mut newest: Option<(u64, u64)> = None; // (seq, end of that frame)
+    for (ring_pos, record_len, seq, lsn) in kept {
+        by_pos.insert(ring_pos, lsn);
+        by_lsn.entry(lsn).or_default().push(FrameRef {
+            seq,
+            ring_pos,
+            record_len,
+        });
+        let end = ring_pos + FRAME_PREFIX_SIZE as u64 + u64::from(record_len);
+        if newest.is_none_or(|(s, _)| seq > s) {
+            newest = Some((seq, end));
+        }
     }
     let (write_pos, next_seq) = match newest {
         Some((seq, end)) => {

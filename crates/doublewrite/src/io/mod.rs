@@ -155,12 +155,19 @@ pub fn read_exact_at(file: &dyn VfsFile, mut buf: &mut [u8], mut offset: u64) ->
     Ok(())
 }
 
-/// Reads as many bytes as the file has at `offset`, up to `buf.len()`.
+/// Reads as many bytes as the file has at `offset`, up to `buf.len()`. A short read of a
+/// regular file means its end: stop there (retrying would issue an unaligned read, which
+/// direct I/O refuses).
 pub fn read_up_to_at(file: &dyn VfsFile, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
+        let wanted = buf.len() - done;
         match file.read_at(&mut buf[done..], offset + done as u64) {
             Ok(0) => break,
+            Ok(n) if n < wanted => {
+                done += n;
+                break;
+            }
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

@@ -10,6 +10,7 @@
 pub mod recovery;
 mod replay;
 pub mod segment;
+pub mod verify;
 mod writer;
 
 use std::collections::{BTreeSet, VecDeque};

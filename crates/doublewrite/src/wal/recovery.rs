@@ -109,6 +109,10 @@ pub struct Recovered {
     /// block to the end, and those records: what the next commit puts at risk.
     pub tail_bytes: Vec<u8>,
     pub tail_records: Vec<RecordSpan>,
+    /// Every record repaired from the DWB: (segment, offset, LSN).
+    pub repaired: Vec<(std::path::PathBuf, u64, u64)>,
+    /// Where the torn tail was cut: (segment, offset, first LSN cut).
+    pub torn_tail_at: Option<(std::path::PathBuf, u64, u64)>,
 }
 
 /// Recovers `segments` (oldest first, at least one). Repairs and zeroing are written
@@ -118,6 +122,26 @@ pub fn recover(
     segments: &[SegmentFile],
     dwb: Option<&DoubleWriteBuffer>,
     weakness: Option<Weakness>,
+) -> Result<Recovered> {
+    scan(vfs, segments, dwb, weakness, true)
+}
+
+/// The same decisions as [`recover`], taken on read-only handles and never written:
+/// what a recovery would repair, cut or refuse.
+pub fn dry_run(
+    vfs: &Arc<dyn Vfs>,
+    segments: &[SegmentFile],
+    dwb: Option<&DoubleWriteBuffer>,
+) -> Result<Recovered> {
+    scan(vfs, segments, dwb, None, false)
+}
+
+fn scan(
+    vfs: &Arc<dyn Vfs>,
+    segments: &[SegmentFile],
+    dwb: Option<&DoubleWriteBuffer>,
+    weakness: Option<Weakness>,
+    write: bool,
 ) -> Result<Recovered> {
     assert!(!segments.is_empty(), "recovery needs a segment");
     let mut expected = segments[0].first_lsn;
@@ -129,6 +153,8 @@ pub fn recover(
         torn_tail_bytes: 0,
         tail_bytes: Vec::new(),
         tail_records: Vec::new(),
+        repaired: Vec::new(),
+        torn_tail_at: None,
     };
     let mut buf = Vec::new();
     for (index, segment) in segments.iter().enumerate() {
@@ -144,8 +170,13 @@ pub fn recover(
                 ),
             });
         }
+        let open_options = if write {
+            OpenOptions::read_write()
+        } else {
+            OpenOptions::read_only()
+        };
         let file = vfs
-            .open(&segment.path, OpenOptions::read_write())
+            .open(&segment.path, open_options)
             .map_err(|e| Error::io("open segment", &segment.path, e))?;
         let header = read_header(file.as_ref(), segment)?;
         let len = file
@@ -164,16 +195,24 @@ pub fn recover(
             dwb,
             weakness,
         )?;
+        out.repaired.extend(
+            scan.repaired_at
+                .iter()
+                .map(|&(offset, lsn)| (segment.path.clone(), offset, lsn)),
+        );
+        if next_first_lsn.is_none() && scan.torn_tail_bytes > 0 {
+            out.torn_tail_at = Some((segment.path.clone(), scan.end_offset, scan.next_lsn));
+        }
         for (offset, bytes) in &scan.repairs {
-            if weakness != Some(Weakness::NoRepairWriteBack) {
+            if write && weakness != Some(Weakness::NoRepairWriteBack) {
                 io::write_all_at(file.as_ref(), bytes, *offset)
                     .map_err(|e| Error::io("write repaired record", &segment.path, e))?;
             }
         }
         // The last segment is synced even when nothing changed: recovery may have read
         // bytes of a commit whose sync failed; what it returns must be durable.
-        let mut dirty = !scan.repairs.is_empty() || next_first_lsn.is_none();
-        if let Some((from, to)) = scan.zero_range {
+        let mut dirty = write && (!scan.repairs.is_empty() || next_first_lsn.is_none());
+        if let Some((from, to)) = scan.zero_range.filter(|_| write) {
             let zeros = vec![0u8; (to - from) as usize];
             io::write_all_at(file.as_ref(), &zeros, from)
                 .map_err(|e| Error::io("erase torn tail", &segment.path, e))?;
@@ -211,6 +250,8 @@ struct SegmentScan {
     /// Byte ranges to write back (only blocks that differ from the disk).
     repairs: Vec<(u64, Vec<u8>)>,
     repaired_records: u64,
+    /// (offset, LSN) of each repaired record.
+    repaired_at: Vec<(u64, u64)>,
     zero_range: Option<(u64, u64)>,
     torn_tail_bytes: u64,
     tail: VecDeque<RecordSpan>,
@@ -231,6 +272,7 @@ fn scan_segment(
     let mut records = 0;
     let mut repairs = Vec::new();
     let mut repaired_records = 0;
+    let mut repaired_at = Vec::new();
     let mut tail: VecDeque<RecordSpan> = VecDeque::new();
     let accept = |tail: &mut VecDeque<RecordSpan>, span: RecordSpan| {
         let end = span.offset + u64::from(span.len);
@@ -305,6 +347,7 @@ fn scan_segment(
                 }
                 buf[at..at + copy.len()].copy_from_slice(&copy);
                 repaired_records += 1;
+                repaired_at.push((pos, expected));
                 // Loop again: the repaired bytes now verify as the expected record.
                 continue;
             }
@@ -317,6 +360,7 @@ fn scan_segment(
                     records,
                     repairs,
                     repaired_records,
+                    repaired_at,
                     zero_range: None,
                     torn_tail_bytes: 0,
                     tail,
@@ -348,6 +392,7 @@ fn scan_segment(
                     records,
                     repairs,
                     repaired_records,
+                    repaired_at,
                     zero_range,
                     torn_tail_bytes: garbage_end.saturating_sub(pos),
                     tail,
