@@ -249,6 +249,16 @@ impl Geometry {
     }
 }
 
+/// One DWB frame as found on disk, and whether it still verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameCheck {
+    pub lsn: u64,
+    pub seq: u64,
+    pub ring_offset: u64,
+    pub record_len: u32,
+    pub valid: bool,
+}
+
 /// One indexed copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FrameRef {
@@ -429,9 +439,8 @@ impl DoubleWriteBuffer {
         })
     }
 
-    /// Reads every indexed frame back and checks its prefix and record CRC:
-    /// (LSN, seq, ring offset, record length, valid).
-    pub fn check_frames(&self) -> Result<Vec<(u64, u64, u64, u32, bool)>> {
+    /// Reads every indexed frame back and checks its prefix and record CRC.
+    pub fn check_frames(&self) -> Result<Vec<FrameCheck>> {
         let ring = lock(&self.ring);
         let mut out = Vec::new();
         for (&lsn, frames) in &ring.by_lsn {
@@ -441,10 +450,16 @@ impl DoubleWriteBuffer {
                         .is_ok_and(|(h, _)| h.lsn == lsn && h.record_len() == record.len()),
                     None => false,
                 };
-                out.push((lsn, frame.seq, frame.ring_pos, frame.record_len, valid));
+                out.push(FrameCheck {
+                    lsn,
+                    seq: frame.seq,
+                    ring_offset: frame.ring_pos,
+                    record_len: frame.record_len,
+                    valid,
+                });
             }
         }
-        out.sort_by_key(|f| f.1);
+        out.sort_by_key(|f| f.seq);
         Ok(out)
     }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::dwb::DoubleWriteBuffer;
+pub use crate::dwb::FrameCheck;
 use crate::error::{Error, Result};
 use crate::io::{FileKind, OpenOptions, Vfs};
 
@@ -35,16 +36,6 @@ impl Verdict {
             Verdict::Lost => "lost",
         }
     }
-}
-
-/// One DWB frame as found on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameCheck {
-    pub lsn: u64,
-    pub seq: u64,
-    pub ring_offset: u64,
-    pub record_len: u32,
-    pub valid: bool,
 }
 
 /// What `verify` found.
@@ -113,26 +104,12 @@ pub fn verify(vfs: Arc<dyn Vfs>, dir: &Path) -> Result<VerifyReport> {
     };
     let segments = list_segments(vfs.as_ref(), dir)?;
     let dwb_path = dir.join(DWB_FILE_NAME);
-    let dwb = match vfs
+    let dwb = vfs
         .kind(&dwb_path)
         .map_err(|e| Error::io("inspect", &dwb_path, e))?
-    {
-        Some(_) => Some(DoubleWriteBuffer::open_read_only(vfs.clone(), &dwb_path)),
-        None => None,
-    };
+        .map(|_| DoubleWriteBuffer::open_read_only(vfs.clone(), &dwb_path));
     let frames = dwb.as_ref().map(|result| match result {
-        Ok(dwb) => dwb.check_frames().map(|frames| {
-            frames
-                .into_iter()
-                .map(|(lsn, seq, ring_offset, record_len, valid)| FrameCheck {
-                    lsn,
-                    seq,
-                    ring_offset,
-                    record_len,
-                    valid,
-                })
-                .collect()
-        }),
+        Ok(dwb) => dwb.check_frames(),
         Err(e) => Err(e.clone()),
     });
     let mut report = VerifyReport {
