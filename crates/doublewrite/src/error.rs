@@ -80,6 +80,18 @@ impl Error {
         }
     }
 
+    /// The error of any call on a double-write buffer handle after `close()`.
+    pub fn dwb_closed() -> Error {
+        Error::Closed {
+            what: "double-write buffer",
+        }
+    }
+
+    /// The error of any call on a WAL handle after `close()`.
+    pub fn wal_closed() -> Error {
+        Error::Closed { what: "WAL" }
+    }
+
     /// Wraps an I/O error, recognising the cases that have their own variant.
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
         let path = path.into();

@@ -123,7 +123,7 @@ pub fn recover(
     dwb: Option<&DoubleWriteBuffer>,
     weakness: Option<Weakness>,
 ) -> Result<Recovered> {
-    scan(vfs, segments, dwb, weakness, true)
+    scan(vfs, segments, dwb, weakness, true, &mut |_, _| {})
 }
 
 /// The same decisions as [`recover`], taken on read-only handles and never written:
@@ -132,8 +132,9 @@ pub fn dry_run(
     vfs: &Arc<dyn Vfs>,
     segments: &[SegmentFile],
     dwb: Option<&DoubleWriteBuffer>,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Recovered> {
-    scan(vfs, segments, dwb, None, false)
+    scan(vfs, segments, dwb, None, false, progress)
 }
 
 fn scan(
@@ -142,6 +143,7 @@ fn scan(
     dwb: Option<&DoubleWriteBuffer>,
     weakness: Option<Weakness>,
     write: bool,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Recovered> {
     assert!(!segments.is_empty(), "recovery needs a segment");
     let mut expected = segments[0].first_lsn;
@@ -232,6 +234,7 @@ fn scan(
             out.tail_bytes = buf[tail_start as usize..scan.end_offset as usize].to_vec();
             out.tail_records = scan.tail.into_iter().collect();
         }
+        progress(index as u64 + 1, segments.len() as u64);
         out.segments.push(RecoveredSegment {
             file: segment.clone(),
             header,

@@ -78,6 +78,15 @@ impl VerifyReport {
 /// [`Error::Locked`] when the WAL is open (its log may be changing under the check);
 /// I/O errors. Damage is reported in the [`VerifyReport`], not as an error.
 pub fn verify(vfs: Arc<dyn Vfs>, dir: &Path) -> Result<VerifyReport> {
+    verify_with_progress(vfs, dir, &mut |_, _| {})
+}
+
+/// [`verify`], calling `progress(segments_done, segments_total)` as it goes.
+pub fn verify_with_progress(
+    vfs: Arc<dyn Vfs>,
+    dir: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifyReport> {
     match vfs.kind(dir).map_err(|e| Error::io("inspect", dir, e))? {
         Some(FileKind::Directory) => {}
         _ => {
@@ -128,7 +137,7 @@ pub fn verify(vfs: Arc<dyn Vfs>, dir: &Path) -> Result<VerifyReport> {
         return Ok(report);
     }
     let usable_dwb = dwb.as_ref().and_then(|d| d.as_ref().ok());
-    match recovery::dry_run(&vfs, &segments, usable_dwb) {
+    match recovery::dry_run(&vfs, &segments, usable_dwb, progress) {
         Ok(recovered) => {
             report.last_lsn = recovered.next_lsn - 1;
             report.records = recovered.records;
