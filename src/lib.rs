@@ -16,6 +16,7 @@
     reason = "napi classes, option objects and tasks hold JS handles or core handles; they are never printed"
 )]
 
+mod bench;
 pub mod dwb;
 pub mod error;
 pub mod record;
