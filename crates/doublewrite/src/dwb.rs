@@ -53,6 +53,8 @@ pub const DEFAULT_CAPACITY: u32 = 64;
 pub const DEFAULT_MAX_RECORD_BYTES: u32 = 64 * 1024;
 /// Largest capacity accepted, so a typo cannot ask for a terabyte file.
 pub const MAX_CAPACITY: u32 = 1 << 16;
+/// Largest block size accepted in a header.
+pub const MAX_BLOCK_BYTES: u32 = 64 * 1024;
 /// Size of the reads that scan the ring at open.
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
 
@@ -231,17 +233,17 @@ impl Geometry {
             capacity: read_u32(bytes, 16),
             max_record_bytes: read_u32(bytes, 20),
         };
-        let expected = Geometry::new(
-            geometry.block_size_bytes,
-            geometry.capacity,
-            geometry.max_record_bytes,
-        );
+        // Ranges first: the expected geometry is computed only from sane values.
         let sane = geometry.block_size_bytes.is_power_of_two()
-            && geometry.block_size_bytes >= 512
+            && (512..=MAX_BLOCK_BYTES).contains(&geometry.block_size_bytes)
             && (1..=MAX_CAPACITY).contains(&geometry.capacity)
             && (HEADER_SIZE as u32..=record::MAX_PAYLOAD_BYTES)
                 .contains(&geometry.max_record_bytes)
-            && expected == geometry;
+            && Geometry::new(
+                geometry.block_size_bytes,
+                geometry.capacity,
+                geometry.max_record_bytes,
+            ) == geometry;
         if !sane {
             return Err(format!("header holds an impossible geometry {geometry:?}"));
         }

@@ -50,6 +50,10 @@ pub enum Error {
     Closed { what: &'static str },
     /// Replay met a required record type the reader does not know.
     UnknownRequiredRecordType { record_type: u32, lsn: u64 },
+    /// A record is encrypted with a key the key ring does not hold.
+    KeyMissing { key_id: u16, lsn: u64 },
+    /// An encrypted record's tag does not verify under the key with its id.
+    DecryptFailed { key_id: u16, lsn: u64 },
     /// Strict protection: the DWB could not make the at-risk records durable, so the
     /// commit was refused before any WAL byte was written.
     DwbUnavailable { path: PathBuf, detail: String },
@@ -77,6 +81,8 @@ impl Error {
             Error::Closed { .. } => "ERR_WAL_CLOSED",
             Error::UnknownRequiredRecordType { .. } => "ERR_WAL_UNKNOWN_RECORD_TYPE",
             Error::DwbUnavailable { .. } => "ERR_DWB_UNAVAILABLE",
+            Error::KeyMissing { .. } => "ERR_WAL_KEY_MISSING",
+            Error::DecryptFailed { .. } => "ERR_WAL_DECRYPT",
         }
     }
 
@@ -180,6 +186,14 @@ impl Clone for Error {
                 path: path.clone(),
                 detail: detail.clone(),
             },
+            Error::KeyMissing { key_id, lsn } => Error::KeyMissing {
+                key_id: *key_id,
+                lsn: *lsn,
+            },
+            Error::DecryptFailed { key_id, lsn } => Error::DecryptFailed {
+                key_id: *key_id,
+                lsn: *lsn,
+            },
         }
     }
 }
@@ -248,6 +262,14 @@ impl fmt::Display for Error {
             Error::UnknownRequiredRecordType { record_type, lsn } => write!(
                 f,
                 "record LSN {lsn} has required type {record_type:#x} that this reader does not know; add it to knownTypes or upgrade the reader"
+            ),
+            Error::KeyMissing { key_id, lsn } => write!(
+                f,
+                "record LSN {lsn} is encrypted with key id {key_id}, which is not among the keys given; add it to encryption.keys"
+            ),
+            Error::DecryptFailed { key_id, lsn } => write!(
+                f,
+                "record LSN {lsn} does not decrypt under key id {key_id}: the key is not the one it was written with, or the record was altered"
             ),
             Error::DwbUnavailable { path, detail } => write!(
                 f,

@@ -11,12 +11,14 @@
 #![deny(unsafe_code)]
 
 pub mod align;
+pub mod crypto;
 pub mod dwb;
 mod error;
 pub mod io;
 pub mod record;
 pub mod wal;
 
+pub use crypto::KeyRing;
 pub use dwb::{
     dwb_bytes_written_total, DoubleWriteBuffer, DwbMirror, DwbMode, DwbOptions, Geometry,
     SkipReason,

@@ -21,6 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::crypto::KeyRing;
 use crate::dwb::{DoubleWriteBuffer, DwbMode, DwbOptions};
 use crate::error::{Error, Result};
 use crate::io::{FileKind, OpenOptions, StdVfs, Vfs};
@@ -291,6 +292,8 @@ struct Shared {
     wake: Condvar,
     view: Mutex<View>,
     report: RecoveryReport,
+    /// For readers; dropped at close so the keys are wiped once readers finish.
+    keys: Mutex<Option<Arc<KeyRing>>>,
 }
 
 /// An open write-ahead log. Dropping it closes it (waiting for queued commits).
@@ -354,6 +357,28 @@ impl Wal {
     /// acknowledged records cannot be recovered (nothing is changed then);
     /// [`Error::DirectIoUnsupported`]; I/O errors.
     pub fn open_with(vfs: Arc<dyn Vfs>, dir: &Path, options: WalOptions) -> Result<Wal> {
+        Wal::open_with_keys(vfs, dir, options, None)
+    }
+
+    /// Opens an encrypted WAL: new records are sealed with the ring's active key, and
+    /// records written under any key of the ring can be read (see [`crate::crypto`]).
+    /// The keys are wiped from memory when the WAL is closed and its readers are done.
+    pub fn open_encrypted(
+        dir: impl AsRef<Path>,
+        options: WalOptions,
+        keys: KeyRing,
+    ) -> Result<Wal> {
+        Wal::open_with_keys(Arc::new(StdVfs), dir.as_ref(), options, Some(keys))
+    }
+
+    /// [`Wal::open_with`] with optional encryption keys.
+    pub fn open_with_keys(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        options: WalOptions,
+        keys: Option<KeyRing>,
+    ) -> Result<Wal> {
+        let keys = keys.map(Arc::new);
         let started = Instant::now();
         check_options(&options)?;
         match vfs.kind(dir).map_err(|e| Error::io("inspect", dir, e))? {
@@ -427,8 +452,18 @@ impl Wal {
         };
 
         if segments.is_empty() {
-            let path =
-                segment::create_segment(vfs.as_ref(), dir, 1, block, options.segment_size_bytes)?;
+            let path = segment::create_segment(
+                vfs.as_ref(),
+                dir,
+                1,
+                block,
+                options.segment_size_bytes,
+                if keys.is_some() {
+                    segment::CIPHER_AES_256_GCM
+                } else {
+                    0
+                },
+            )?;
             segments.push(SegmentFile { first_lsn: 1, path });
         }
         let recovered = recovery::recover(&vfs, &segments, dwb.as_ref(), options.weakness)?;
@@ -470,6 +505,7 @@ impl Wal {
             dwb_failed,
             recovered,
             lock_file,
+            keys.clone(),
         )?;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -479,6 +515,7 @@ impl Wal {
             wake: Condvar::new(),
             view: Mutex::new(view_of(&writer, &options)),
             report,
+            keys: Mutex::new(keys),
         });
         let thread = {
             let shared = shared.clone();
@@ -626,6 +663,7 @@ impl Wal {
             view.next_lsn,
             from_lsn.max(first),
             known,
+            lock(&self.shared.keys).clone(),
         ))
     }
 
@@ -635,6 +673,7 @@ impl Wal {
         lock(&self.shared.queue).closing = true;
         self.shared.wake.notify_all();
         let handle = lock(&self.thread).take();
+        lock(&self.shared.keys).take();
         if let Some(handle) = handle {
             if handle.join().is_err() {
                 return Err(Error::WalPoisoned {

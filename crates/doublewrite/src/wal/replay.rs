@@ -1,14 +1,15 @@
 //! Reading records back: a snapshot of the segments and the end of the log, read one
 //! segment at a time with its own file handles.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::crypto::{KeyRing, SegmentCipher};
 use crate::error::{Error, Result};
 use crate::io::{self, OpenOptions, Vfs};
-use crate::record::{check_encoded, RecordType, WalRecord};
+use crate::record::{check_encoded, RecordType, WalRecord, ENCRYPTED_FLAG, HEADER_SIZE};
 
-use super::segment::{read_header, SegmentFile};
+use super::segment::{read_header, SegmentFile, SegmentHeader};
 
 /// Iterator over durable records in LSN order (see [`super::Wal::replay`]).
 #[derive(Debug)]
@@ -29,6 +30,10 @@ pub struct Replay {
     expected: u64,
     loaded: bool,
     finished: bool,
+    keys: Option<Arc<KeyRing>>,
+    /// Header of the loaded segment, and its ciphers by key id.
+    header: Option<SegmentHeader>,
+    ciphers: BTreeMap<u16, SegmentCipher>,
 }
 
 impl Replay {
@@ -39,6 +44,7 @@ impl Replay {
         limit_lsn: u64,
         from_lsn: u64,
         known_types: BTreeSet<u32>,
+        keys: Option<Arc<KeyRing>>,
     ) -> Replay {
         // Skip the segments that end before `from_lsn`.
         let start = segments
@@ -60,6 +66,9 @@ impl Replay {
             expected,
             loaded: false,
             finished: false,
+            keys,
+            header: None,
+            ciphers: BTreeMap::new(),
         }
     }
 
@@ -90,6 +99,8 @@ impl Replay {
         io::read_exact_at(file.as_ref(), &mut self.buf, 0)
             .map_err(|e| Error::io("read segment", &segment.path, e))?;
         self.pos = header.data_start() as usize;
+        self.header = Some(header);
+        self.ciphers.clear();
         self.stop = active.then_some(len as usize);
         if segment.first_lsn != self.expected {
             return Err(self.corrupt("the segment does not continue the previous one"));
@@ -145,8 +156,23 @@ impl Replay {
                         }
                         continue;
                     }
-                    let (record, _) = WalRecord::decode_prefix(&self.buf[start..])
-                        .expect("verified by check_encoded");
+                    if h.record_type & ENCRYPTED_FLAG == 0 {
+                        let (record, _) = WalRecord::decode_prefix(&self.buf[start..])
+                            .expect("verified by check_encoded");
+                        return Ok(Some(record));
+                    }
+                    let plaintext =
+                        self.decrypt(&h, start + HEADER_SIZE..start + h.record_len())?;
+                    // Returned as the record the caller appended: logical type, plaintext.
+                    let record = WalRecord::with_commit_lsn(
+                        logical_type,
+                        h.lsn,
+                        h.commit_lsn,
+                        h.tenant_id,
+                        h.vshard_id,
+                        h.database_id,
+                        plaintext,
+                    )?;
                     return Ok(Some(record));
                 }
                 _ => {
@@ -164,6 +190,27 @@ impl Replay {
                 }
             }
         }
+    }
+}
+
+impl Replay {
+    /// Decrypts the ciphertext at `range` of the loaded segment.
+    fn decrypt(
+        &mut self,
+        header: &crate::record::RecordHeader,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<u8>> {
+        let key_id = header.key_id;
+        if !self.ciphers.contains_key(&key_id) {
+            let keys = self.keys.as_ref().ok_or(Error::KeyMissing {
+                key_id,
+                lsn: header.lsn,
+            })?;
+            let segment = self.header.as_ref().expect("a segment is loaded");
+            let cipher = keys.segment_cipher(key_id, segment, header.lsn)?;
+            self.ciphers.insert(key_id, cipher);
+        }
+        self.ciphers[&key_id].open(header, &self.buf[range])
     }
 }
 

@@ -11,7 +11,8 @@
 //!       12    4 reserved          0
 //!       16    8 first_lsn         equals the LSN in the file name
 //!       24    8 epoch             random, chosen at creation
-//!       32    8 reserved          0
+//!       32    1 cipher            0 = plaintext records, 1 = AES-256-GCM records
+//!       33    7 reserved          0
 //!       40    4 crc32c            CRC-32C of bytes 0..40
 //! ```
 //!
@@ -28,6 +29,12 @@ use crate::record::{read_u32, read_u64};
 pub const SEGMENT_MAGIC: [u8; 4] = *b"DWSG";
 pub const SEGMENT_FORMAT_VERSION: u16 = 1;
 const HEADER_FIELDS_SIZE: usize = 44;
+/// Largest protection block accepted (pages are at most 64 KiB on the platforms we know).
+pub const MAX_BLOCK_BYTES: u32 = 64 * 1024;
+/// Bytes of the encoded header: the "preamble" bound into encrypted records' AAD.
+pub const PREAMBLE_BYTES: usize = HEADER_FIELDS_SIZE;
+/// `cipher` value of a segment whose records are encrypted with AES-256-GCM.
+pub const CIPHER_AES_256_GCM: u8 = 1;
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
 /// Name of the segment whose first record has `first_lsn`.
@@ -50,6 +57,8 @@ pub struct SegmentHeader {
     pub block_size_bytes: u32,
     pub first_lsn: u64,
     pub epoch: u64,
+    /// 0: plaintext; [`CIPHER_AES_256_GCM`]: records are written encrypted.
+    pub cipher: u8,
 }
 
 impl SegmentHeader {
@@ -60,6 +69,7 @@ impl SegmentHeader {
         out[8..12].copy_from_slice(&self.block_size_bytes.to_le_bytes());
         out[16..24].copy_from_slice(&self.first_lsn.to_le_bytes());
         out[24..32].copy_from_slice(&self.epoch.to_le_bytes());
+        out[32] = self.cipher;
         let crc = crc32c::crc32c(&out[..40]);
         out[40..44].copy_from_slice(&crc.to_le_bytes());
         out
@@ -90,9 +100,18 @@ impl SegmentHeader {
             block_size_bytes: read_u32(bytes, 8),
             first_lsn: read_u64(bytes, 16),
             epoch: read_u64(bytes, 24),
+            cipher: bytes[32],
         };
-        if !header.block_size_bytes.is_power_of_two() || header.block_size_bytes < 512 {
+        if !header.block_size_bytes.is_power_of_two()
+            || !(512..=MAX_BLOCK_BYTES).contains(&header.block_size_bytes)
+        {
             return Err(format!("impossible block size {}", header.block_size_bytes));
+        }
+        if header.cipher > CIPHER_AES_256_GCM {
+            return Err(format!(
+                "unknown cipher {} (this build knows 0 and 1)",
+                header.cipher
+            ));
         }
         Ok(header)
     }
@@ -149,22 +168,25 @@ pub fn create_segment(
     first_lsn: u64,
     block_size_bytes: u32,
     size_bytes: u64,
+    cipher: u8,
 ) -> Result<PathBuf> {
-    let path = create_segment_file(vfs, dir, first_lsn, block_size_bytes, size_bytes)?;
+    let (path, _) = create_segment_file(vfs, dir, first_lsn, block_size_bytes, size_bytes, cipher)?;
     vfs.sync_dir(dir)
         .map_err(|e| Error::io("sync WAL directory", dir, e))?;
     Ok(path)
 }
 
 /// Like [`create_segment`] but leaves the directory sync to the caller: the file is
-/// complete and in place, its name not yet durable.
+/// complete and in place (replacing an empty segment of the same name), its name not yet
+/// durable. Returns its path and header.
 pub fn create_segment_file(
     vfs: &dyn Vfs,
     dir: &Path,
     first_lsn: u64,
     block_size_bytes: u32,
     size_bytes: u64,
-) -> Result<PathBuf> {
+    cipher: u8,
+) -> Result<(PathBuf, SegmentHeader)> {
     let path = dir.join(segment_name(first_lsn));
     let tmp = dir.join(format!("{}.tmp", segment_name(first_lsn)));
     if vfs.kind(&tmp).ok().flatten().is_some() {
@@ -175,6 +197,7 @@ pub fn create_segment_file(
         block_size_bytes,
         first_lsn,
         epoch: random_u64(),
+        cipher,
     };
     let result = (|| {
         let file = vfs
@@ -191,7 +214,7 @@ pub fn create_segment_file(
         // Best effort: a leftover .tmp is removed at the next open anyway.
         let _ = vfs.remove_file(&tmp);
     }
-    result.map(|()| path)
+    result.map(|()| (path, header))
 }
 
 /// Name of the segment the writer prepares ahead of time (see [`prepare_spare`]).
@@ -240,12 +263,14 @@ pub fn adopt_spare(
     spare: &Path,
     first_lsn: u64,
     block_size_bytes: u32,
-) -> Result<PathBuf> {
+    cipher: u8,
+) -> Result<(PathBuf, SegmentHeader)> {
     let path = dir.join(segment_name(first_lsn));
     let header = SegmentHeader {
         block_size_bytes,
         first_lsn,
         epoch: random_u64(),
+        cipher,
     };
     let file = vfs
         .open(spare, OpenOptions::read_write())
@@ -259,7 +284,7 @@ pub fn adopt_spare(
     drop(file);
     vfs.rename(spare, &path)
         .map_err(|e| Error::io("rename spare segment", &path, e))?;
-    Ok(path)
+    Ok((path, header))
 }
 
 /// Writes `head` followed by zeros up to `size_bytes`.
@@ -291,6 +316,20 @@ pub fn read_header(file: &dyn VfsFile, segment: &SegmentFile) -> Result<SegmentH
         lsn: segment.first_lsn,
         detail,
     })?;
+    let len = file
+        .len()
+        .map_err(|e| Error::io("measure segment", &segment.path, e))?;
+    if len < header.data_start() {
+        return Err(Error::WalCorrupt {
+            path: segment.path.clone(),
+            offset: len,
+            lsn: segment.first_lsn,
+            detail: format!(
+                "the segment is {len} bytes, shorter than its {}-byte header block",
+                header.block_size_bytes
+            ),
+        });
+    }
     if header.first_lsn != segment.first_lsn {
         return Err(Error::WalCorrupt {
             path: segment.path.clone(),
@@ -336,6 +375,7 @@ mod tests {
             block_size_bytes: 4096,
             first_lsn: 77,
             epoch: 0xDEAD_BEEF,
+            cipher: CIPHER_AES_256_GCM,
         };
         let bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes).unwrap(), header);

@@ -18,10 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::align::{round_down, round_up, AlignedBuf};
+use crate::crypto::{KeyRing, SegmentCipher, TAG_BYTES};
 use crate::dwb::DoubleWriteBuffer;
 use crate::error::{Error, Result};
 use crate::io::{self, OpenOptions, Vfs, VfsFile};
-use crate::record::{encode_padding_into, RecordHeader, HEADER_SIZE};
+use crate::record::{encode_padding_into, RecordHeader, ENCRYPTED_FLAG, HEADER_SIZE};
 
 use super::recovery::{RecordSpan, Recovered};
 use super::segment::{self, SegmentFile};
@@ -80,6 +81,12 @@ pub(crate) struct Writer {
     buf: AlignedBuf,
     /// The next segment, being prepared on a background thread.
     spare: Option<SpareJob>,
+    /// Encryption keys; `cipher` is the active key's cipher for the active segment.
+    keys: Option<Arc<KeyRing>>,
+    cipher: Option<SegmentCipher>,
+    /// With encryption, an LSN is never reused within a segment: after a failed commit
+    /// (whose LSNs come back) the next commit starts a new segment, with a new epoch.
+    fresh_segment_needed: bool,
     /// Held for the writer's lifetime: the directory lock.
     _lock: Box<dyn VfsFile>,
 }
@@ -111,6 +118,7 @@ impl Writer {
         dwb_failed: bool,
         recovered: Recovered,
         lock: Box<dyn VfsFile>,
+        keys: Option<Arc<KeyRing>>,
     ) -> Result<Writer> {
         let last = recovered.segments.last().expect("recovery keeps a segment");
         let block = u64::from(last.header.block_size_bytes);
@@ -162,11 +170,14 @@ impl Writer {
             poisoned: None,
             dir_sync_pending: false,
             stats: WalStats::default(),
-            buf: AlignedBuf::new(block_bytes * 16, block_bytes),
+            buf: AlignedBuf::new(block_bytes, block_bytes),
             options,
             dwb,
             dwb_failed,
             spare: None,
+            cipher: None,
+            fresh_segment_needed: false,
+            keys,
             _lock: lock,
         };
         // A recovered log whose end shares a block with records the next commit could not
@@ -185,6 +196,13 @@ impl Writer {
                 let next = writer.next_lsn;
                 writer.roll(next, 0)?;
             }
+        }
+        // An encrypted WAL starts every session in a new segment (a new random epoch):
+        // LSNs a torn tail gave back, or a directory restored from a backup, can then
+        // never meet a nonce their key already used.
+        if writer.keys.is_some() {
+            let next = writer.next_lsn;
+            writer.roll(next, 0)?;
         }
         writer.start_spare();
         Ok(writer)
@@ -239,18 +257,31 @@ impl Writer {
         if record_count == 0 && !force_pad {
             return Ok(first_lsn);
         }
-        // Records are encoded once, at offset 0 of `buf`; the direct-I/O prefix (the
-        // acknowledged bytes of the first block) is inserted in front when writing.
+        if self.fresh_segment_needed {
+            self.roll(first_lsn, 0)?;
+            self.fresh_segment_needed = false;
+        }
+        let result = self.commit_records(first_lsn, record_count, requests, force_pad);
+        if result.is_err() && self.keys.is_some() {
+            self.fresh_segment_needed = true;
+        }
+        result
+    }
+
+    /// Encodes (and with encryption, seals for the active segment) every record of the
+    /// commit, back to back from offset 0.
+    fn encode(&self, first_lsn: u64, requests: &[&[RecordInput]]) -> (Vec<u8>, Vec<RecordSpan>) {
+        let tag = if self.cipher.is_some() { TAG_BYTES } else { 0 };
         let mut body = Vec::with_capacity(
             requests
                 .iter()
                 .flat_map(|r| r.iter())
-                .map(|r| HEADER_SIZE + r.payload.len())
+                .map(|r| HEADER_SIZE + r.payload.len() + tag)
                 .sum(),
         );
-        let mut spans = Vec::with_capacity(record_count as usize);
+        let mut spans = Vec::new();
         for (lsn, record) in (first_lsn..).zip(requests.iter().flat_map(|r| r.iter())) {
-            let header = RecordHeader {
+            let mut header = RecordHeader {
                 record_type: record.record_type,
                 key_id: 0,
                 lsn,
@@ -262,14 +293,39 @@ impl Writer {
                 crc: 0,
             };
             let at = body.len();
-            crate::record::encode_record_into(&mut body, header, &record.payload);
+            match &self.cipher {
+                Some(cipher) => {
+                    header.record_type |= ENCRYPTED_FLAG;
+                    header.key_id = cipher.key_id();
+                    let sealed = cipher.seal(&header, &record.payload);
+                    header.payload_len = sealed.len() as u32;
+                    crate::record::encode_record_into(&mut body, header, &sealed);
+                }
+                None => crate::record::encode_record_into(&mut body, header, &record.payload),
+            }
             spans.push(RecordSpan {
                 offset: at as u64,
                 len: (body.len() - at) as u32,
                 user: true,
             });
         }
+        (body, spans)
+    }
+
+    fn commit_records(
+        &mut self,
+        first_lsn: u64,
+        record_count: u64,
+        requests: &[&[RecordInput]],
+        force_pad: bool,
+    ) -> Result<u64> {
+        let (mut body, mut spans) = self.encode(first_lsn, requests);
+        let rolls_before = self.stats.segment_rolls;
         let mut base = self.place(first_lsn, &body, &spans, force_pad)?;
+        if self.keys.is_some() && self.stats.segment_rolls != rolls_before {
+            // Sealed for the segment the commit now goes to (same sizes, new epoch).
+            (body, spans) = self.encode(first_lsn, requests);
+        }
         if self.protect(base, &body, &spans)? == Protected::NeedsFreshSegment {
             // The DWB failed (degraded policy): a new segment rewrites nothing
             // acknowledged; if even that fails, the at-risk records were counted.
@@ -277,6 +333,9 @@ impl Writer {
                 .roll(first_lsn, body.len() as u64 + self.active.block)
                 .is_ok()
             {
+                if self.keys.is_some() {
+                    (body, spans) = self.encode(first_lsn, requests);
+                }
                 base = self.place(first_lsn, &body, &spans, force_pad)?;
             } else {
                 let at_risk = self.at_risk(base).len() as u64;
@@ -611,13 +670,19 @@ impl Writer {
             .options
             .segment_size_bytes
             .max(round_up(block + commit_bytes, block));
-        let path = match self.take_spare(size) {
+        let cipher_kind = if self.keys.is_some() {
+            segment::CIPHER_AES_256_GCM
+        } else {
+            0
+        };
+        let (path, header) = match self.take_spare(size) {
             Some(spare) => segment::adopt_spare(
                 self.vfs.as_ref(),
                 &self.dir,
                 &spare,
                 first_lsn,
                 block as u32,
+                cipher_kind,
             )?,
             None => segment::create_segment_file(
                 self.vfs.as_ref(),
@@ -625,7 +690,12 @@ impl Writer {
                 first_lsn,
                 block as u32,
                 size,
+                cipher_kind,
             )?,
+        };
+        self.cipher = match &self.keys {
+            Some(keys) => Some(keys.segment_cipher(keys.active_id(), &header, first_lsn)?),
+            None => None,
         };
         let file = self
             .vfs
@@ -634,6 +704,14 @@ impl Writer {
                 OpenOptions::read_write().with_direct(self.options.direct_io),
             )
             .map_err(|e| open_segment_error(&path, e))?;
+        // An empty active segment with the same first LSN was replaced by the rename.
+        if self
+            .segments
+            .last()
+            .is_some_and(|s| s.first_lsn == first_lsn)
+        {
+            self.segments.pop();
+        }
         self.segments.push(SegmentFile {
             first_lsn,
             path: path.clone(),
