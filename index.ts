@@ -30,6 +30,8 @@
  * @packageDocumentation
  */
 
+// First: loads the addon with an error that names the missing platform package.
+import './loader.js'
 import * as native from './binding.js'
 
 // ─── errors (src/error.rs) ─────────────────────────────────────────────────────────────
@@ -75,6 +77,10 @@ export type ErrorCode =
   | 'ERR_DWB_CLOSED'
   /** Replay met a required record type the reader does not know. */
   | 'ERR_WAL_UNKNOWN_RECORD_TYPE'
+  /** A record is encrypted with a key id the key ring does not hold; the message names it. */
+  | 'ERR_WAL_KEY_MISSING'
+  /** An encrypted record does not decrypt under the key with its id (wrong key, or altered). */
+  | 'ERR_WAL_DECRYPT'
   /** A payload is larger than {@link MAX_PAYLOAD_BYTES}. */
   | 'ERR_RECORD_TOO_LARGE'
   /** A record type sets a reserved bit (14: encrypted, 31: framing). */
@@ -83,6 +89,10 @@ export type ErrorCode =
   | 'ERR_RECORD_CHECKSUM'
   /** Bytes are not exactly one valid record. */
   | 'ERR_RECORD_CORRUPT'
+  /** Thrown by `require`/`import` of this package: no native addon for this platform is installed (the message names the package to install). */
+  | 'ERR_BINDING_NOT_FOUND'
+  /** Thrown by `require`/`import` of this package: the platform package is installed but its addon does not load (wrong version, damaged file). */
+  | 'ERR_BINDING_LOAD'
 
 /** An error raised by this package: an `Error` (or `TypeError` / `RangeError`) with a `code`. */
 export type DoublewriteError = Error & { code: ErrorCode }
@@ -731,6 +741,33 @@ export interface WalOptions {
   tailProtection?: TailProtection
   /** Group commit merges queued appends up to this many payload bytes (default 16 MiB). */
   maxCommitBytes?: number
+  /** Prepare the next segment file in the background so a segment roll never stalls a commit (default `true`). */
+  prepareSegments?: boolean
+  /**
+   * Encrypt records at rest with AES-256-GCM. New records are sealed with `activeKeyId`;
+   * records written under any key of `keys` stay readable (rotate by adding a key and
+   * making it active). The DWB only ever holds ciphertext. Each open of an encrypted WAL
+   * starts a new segment, so a nonce is never reused for a key. The key bytes are copied
+   * into native memory at open (and wiped there when the WAL closes); this object is not
+   * kept.
+   */
+  encryption?: EncryptionOptions
+}
+
+/** One AES-256 key of an {@link EncryptionOptions} key ring. */
+export interface EncryptionKey {
+  /** Key id, 1 to 65535; stored in every record it encrypts. */
+  id: number
+  /** Exactly 32 bytes. */
+  key: Uint8Array
+}
+
+/** The key ring of an encrypted WAL. */
+export interface EncryptionOptions {
+  /** Every key the WAL may need to read its records; ids are unique. */
+  keys: readonly EncryptionKey[]
+  /** The id of the key new records are written with; must be among `keys`. */
+  activeKeyId: number
 }
 
 /** Ids of a record; all default to zero. */
@@ -825,7 +862,51 @@ function walOptions(options: unknown): native.WalOpenOptions {
   if (fields.maxCommitBytes !== undefined) {
     out.maxCommitBytes = checkInteger('options.maxCommitBytes', fields.maxCommitBytes, Number.MAX_SAFE_INTEGER)
   }
+  if (fields.prepareSegments !== undefined) {
+    out.prepareSegments = checkBoolean('options.prepareSegments', fields.prepareSegments)
+  }
+  if (fields.encryption !== undefined) out.encryption = encryptionOptions(fields.encryption)
   return out
+}
+
+const KEY_BYTES = 32
+
+/**
+ * Checks a key ring. The key bytes are copied (the native side copies them again into
+ * memory it wipes); {@link wipeKeys} zeroes these copies once the open call returned.
+ */
+function encryptionOptions(value: unknown): native.NativeEncryption {
+  const fields = checkOptions('options.encryption', value, true)
+  if (!Array.isArray(fields.keys)) throw invalidType('options.encryption.keys', 'an array', fields.keys)
+  if (fields.keys.length === 0) throw invalidValue('options.encryption.keys', ['a non-empty array of keys'], fields.keys)
+  const ids = new Set<number>()
+  const keys = fields.keys.map((entry: unknown, i: number) => {
+    const key = checkOptions(`options.encryption.keys[${i}]`, entry, true)
+    const id = checkInteger(`options.encryption.keys[${i}].id`, key.id, 0xffff, 1)
+    if (ids.has(id)) throw invalidValue(`options.encryption.keys[${i}].id`, ['an id not used by another key'], id)
+    ids.add(id)
+    const bytes = checkBytes(`options.encryption.keys[${i}].key`, key.key)
+    if (bytes.length !== KEY_BYTES) {
+      throw codedError(
+        'ERR_INVALID_ARG_VALUE',
+        `The "options.encryption.keys[${i}].key" argument must be exactly ${KEY_BYTES} bytes (an AES-256 key). Received ${bytes.length} bytes`,
+      )
+    }
+    return { id, key: new Uint8Array(bytes) }
+  })
+  const activeKeyId = checkInteger('options.encryption.activeKeyId', fields.activeKeyId, 0xffff, 1)
+  if (!ids.has(activeKeyId)) {
+    throw codedError(
+      'ERR_INVALID_ARG_VALUE',
+      `The "options.encryption.activeKeyId" argument must be the id of one of the keys (${[...ids].join(', ')}). Received ${activeKeyId}`,
+    )
+  }
+  return { keys, activeKeyId }
+}
+
+/** Zeroes the key copies made by {@link encryptionOptions}. */
+function wipeKeys(options: native.WalOpenOptions): void {
+  for (const entry of options.encryption?.keys ?? []) entry.key.fill(0)
 }
 
 function recordInput(name: string, recordType: unknown, payload: unknown, options: unknown): native.NativeRecordInput {
@@ -971,6 +1052,8 @@ export class Wal {
     } catch (error) {
       inflight.dispose()
       throw error
+    } finally {
+      wipeKeys(checked)
     }
   }
 
@@ -987,6 +1070,8 @@ export class Wal {
     } catch (error) {
       inflight.dispose()
       throw error
+    } finally {
+      wipeKeys(checked)
     }
   }
 

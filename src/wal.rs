@@ -10,8 +10,12 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::path::Path;
+
+use doublewrite::crypto::KEY_BYTES;
+use doublewrite::io::StdVfs;
 use doublewrite::{
-    DwbMode, Protection, RecordInput, Replay, TailProtection, Wal, WalOptions, WalRecord,
+    DwbMode, KeyRing, Protection, RecordInput, Replay, TailProtection, Wal, WalOptions, WalRecord,
 };
 use napi::bindgen_prelude::{AsyncTask, BigInt, FnArgs, Function, Uint8Array};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -44,6 +48,54 @@ pub struct WalOpenOptions {
     pub tail_protection: Option<String>,
     /// Group commit merges queued appends up to this many payload bytes.
     pub max_commit_bytes: Option<f64>,
+    /// Prepare the next segment in the background (default `true`).
+    pub prepare_segments: Option<bool>,
+    /// Encrypt records at rest.
+    pub encryption: Option<NativeEncryption>,
+}
+
+/// One AES-256 key of the key ring.
+#[napi(object)]
+pub struct NativeEncryptionKey {
+    /// 1 to 65535.
+    pub id: u32,
+    /// Exactly 32 bytes.
+    pub key: Uint8Array,
+}
+
+/// The key ring: records are written with `activeKeyId` and read with any key.
+#[napi(object)]
+pub struct NativeEncryption {
+    pub keys: Vec<NativeEncryptionKey>,
+    pub active_key_id: u32,
+}
+
+/// Copies the keys out of the JS arrays into a ring whose memory is wiped on drop.
+fn key_ring(encryption: &Option<NativeEncryption>) -> Result<Option<KeyRing>> {
+    let Some(encryption) = encryption else {
+        return Ok(None);
+    };
+    let mut keys = Vec::with_capacity(encryption.keys.len());
+    for entry in &encryption.keys {
+        let id = u16::try_from(entry.id).ok().filter(|id| *id != 0).ok_or_else(|| {
+            coded(
+                ERR_OUT_OF_RANGE,
+                format!("key id {} is outside 1..=65535", entry.id),
+            )
+        })?;
+        let bytes: [u8; KEY_BYTES] = entry.key.as_ref().try_into().map_err(|_| {
+            coded(
+                ERR_INVALID_ARG_VALUE,
+                format!(
+                    "key {id} is {} bytes; an AES-256 key is exactly {KEY_BYTES}",
+                    entry.key.len()
+                ),
+            )
+        })?;
+        keys.push((id, bytes));
+    }
+    let active = u16::try_from(encryption.active_key_id).unwrap_or(0);
+    KeyRing::new(keys, active).map(Some).into_napi()
 }
 
 /// One record to append.
@@ -126,7 +178,7 @@ fn size_option(name: &str, value: Option<f64>) -> Result<Option<u64>> {
     }
 }
 
-fn wal_options(options: &WalOpenOptions) -> Result<WalOptions> {
+fn wal_options(options: &WalOpenOptions) -> Result<(WalOptions, Option<KeyRing>)> {
     let defaults = WalOptions::default();
     let direct_io = options.direct_io.unwrap_or(false);
     let dwb_mode = match &options.dwb_mode {
@@ -151,7 +203,8 @@ fn wal_options(options: &WalOpenOptions) -> Result<WalOptions> {
         })?,
         None => defaults.tail_protection,
     };
-    Ok(WalOptions {
+    let keys = key_ring(&options.encryption)?;
+    let options = WalOptions {
         dwb_mode,
         direct_io,
         segment_size_bytes: size_option("segmentSize", options.segment_size)?
@@ -162,8 +215,11 @@ fn wal_options(options: &WalOpenOptions) -> Result<WalOptions> {
         tail_protection,
         max_commit_bytes: size_option("maxCommitBytes", options.max_commit_bytes)?
             .unwrap_or(defaults.max_commit_bytes),
+        // Rolls should not stall a commit behind a segment's preallocation.
+        prepare_segments: options.prepare_segments.unwrap_or(true),
         ..defaults
-    })
+    };
+    Ok((options, keys))
 }
 
 fn record_inputs(records: Vec<NativeRecordInput>) -> Result<Vec<RecordInput>> {
@@ -258,9 +314,9 @@ impl NativeWal {
         )]
         on_complete: Function<'_, CompletionArgs, ()>,
     ) -> Result<NativeWal> {
-        let options = wal_options(&options)?;
+        let (options, keys) = wal_options(&options)?;
         let completions = completion_fn(on_complete)?;
-        let wal = Wal::open(dir, options).into_napi()?;
+        let wal = Wal::open_with_keys(Arc::new(StdVfs), Path::new(&dir), options, keys).into_napi()?;
         Ok(NativeWal::from_wal(wal, completions))
     }
 
@@ -274,9 +330,11 @@ impl NativeWal {
         )]
         on_complete: Function<'_, CompletionArgs, ()>,
     ) -> Result<AsyncTask<OpenWal>> {
+        let (options, keys) = wal_options(&options)?;
         Ok(AsyncTask::new(OpenWal {
             dir,
-            options: wal_options(&options)?,
+            options,
+            keys,
             completions: Some(completion_fn(on_complete)?),
         }))
     }
@@ -448,6 +506,8 @@ impl NativeWal {
 pub struct OpenWal {
     dir: String,
     options: WalOptions,
+    /// Taken by `compute`: the keys move into the WAL (and are wiped when it closes).
+    keys: Option<KeyRing>,
     completions: Option<CompletionFn>,
 }
 
@@ -456,7 +516,13 @@ impl Task for OpenWal {
     type JsValue = NativeWal;
 
     fn compute(&mut self) -> Result<Wal> {
-        Wal::open(&self.dir, self.options).into_napi()
+        Wal::open_with_keys(
+            Arc::new(StdVfs),
+            Path::new(&self.dir),
+            self.options,
+            self.keys.take(),
+        )
+        .into_napi()
     }
 
     fn resolve(&mut self, _env: Env, wal: Wal) -> Result<NativeWal> {
