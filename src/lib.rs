@@ -20,4 +20,5 @@ mod bench;
 pub mod dwb;
 pub mod error;
 pub mod record;
+pub mod tools;
 pub mod wal;
