@@ -380,32 +380,7 @@ impl DoubleWriteBuffer {
                 });
             }
         }
-        let len = file.len().map_err(|e| Error::io("measure", path, e))?;
-        if len < geometry.file_bytes() {
-            return Err(Error::DwbCorrupt {
-                path: path.to_path_buf(),
-                detail: format!(
-                    "file is {len} bytes but its geometry needs {}",
-                    geometry.file_bytes()
-                ),
-            });
-        }
-        let ring = scan_ring(file, path, &geometry, direct)?;
-        Ok(DoubleWriteBuffer {
-            path: path.to_path_buf(),
-            mode: options.mode,
-            geometry,
-            staging: Mutex::new(Staging {
-                frames: AlignedBuf::new(
-                    geometry.block_size_bytes as usize * 4,
-                    geometry.block_size_bytes as usize,
-                ),
-                entries: Vec::new(),
-            }),
-            ring: Mutex::new(ring),
-            skipped_records: AtomicU64::new(0),
-            bytes_written: AtomicU64::new(0),
-        })
+        DoubleWriteBuffer::from_file(file, path, geometry, options.mode)
     }
 
     /// Opens an existing DWB for reading only: nothing is created or written (for
@@ -415,6 +390,16 @@ impl DoubleWriteBuffer {
             .open(path, OpenOptions::read_only())
             .map_err(|e| Error::io("open double-write buffer", path, e))?;
         let geometry = read_geometry(file.as_ref(), path, false)?;
+        DoubleWriteBuffer::from_file(file, path, geometry, DwbMode::Buffered)
+    }
+
+    /// Checks the file is as long as its geometry says and indexes its ring.
+    fn from_file(
+        file: Box<dyn VfsFile>,
+        path: &Path,
+        geometry: Geometry,
+        mode: DwbMode,
+    ) -> Result<DoubleWriteBuffer> {
         let len = file.len().map_err(|e| Error::io("measure", path, e))?;
         if len < geometry.file_bytes() {
             return Err(Error::DwbCorrupt {
@@ -425,14 +410,14 @@ impl DoubleWriteBuffer {
                 ),
             });
         }
-        let ring = scan_ring(file, path, &geometry, false)?;
+        let ring = scan_ring(file, path, &geometry, mode == DwbMode::Direct)?;
         let block = geometry.block_size_bytes as usize;
         Ok(DoubleWriteBuffer {
             path: path.to_path_buf(),
-            mode: DwbMode::Buffered,
+            mode,
             geometry,
             staging: Mutex::new(Staging {
-                frames: AlignedBuf::new(block, block),
+                frames: AlignedBuf::new(block * 4, block),
                 entries: Vec::new(),
             }),
             ring: Mutex::new(ring),

@@ -332,7 +332,11 @@ fn scan_segment(
             Some(next) if next > expected => true,
             _ => later_commit_after(buf, pos + 1, expected),
         };
-        match classify(starts_next, copy.is_some(), later_commit_proven) {
+        let (zero_range, torn_tail_bytes) = match classify(
+            starts_next,
+            copy.is_some(),
+            later_commit_proven,
+        ) {
             Decision::Repair => {
                 let copy = copy.expect("repair has a copy");
                 let at = pos as usize;
@@ -357,17 +361,7 @@ fn scan_segment(
             Decision::SegmentEnd => {
                 // Bytes after the end of a closed segment (an unsynced write that failed
                 // before the roll) are never read: the next segment continues the log.
-                return Ok(SegmentScan {
-                    next_lsn: expected,
-                    end_offset: pos,
-                    records,
-                    repairs,
-                    repaired_records,
-                    repaired_at,
-                    zero_range: None,
-                    torn_tail_bytes: 0,
-                    tail,
-                });
+                (None, 0)
             }
             Decision::Lost => {
                 let detail = match next_first_lsn {
@@ -389,19 +383,20 @@ fn scan_segment(
                     let to = crate::align::round_up(garbage_end, block).min(len);
                     (pos, to)
                 });
-                return Ok(SegmentScan {
-                    next_lsn: expected,
-                    end_offset: pos,
-                    records,
-                    repairs,
-                    repaired_records,
-                    repaired_at,
-                    zero_range,
-                    torn_tail_bytes: garbage_end.saturating_sub(pos),
-                    tail,
-                });
+                (zero_range, garbage_end.saturating_sub(pos))
             }
-        }
+        };
+        return Ok(SegmentScan {
+            next_lsn: expected,
+            end_offset: pos,
+            records,
+            repairs,
+            repaired_records,
+            repaired_at,
+            zero_range,
+            torn_tail_bytes,
+            tail,
+        });
     }
 }
 
