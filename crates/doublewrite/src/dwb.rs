@@ -651,28 +651,26 @@ impl DoubleWriteBuffer {
         }
         ring.next_seq += entries.len() as u64;
         let end = start + round_up(len, block);
-        // Zeros over a span waiting to be erased: appended to this write when the span
-        // starts where these frames do (the usual case), else written on their own.
-        let mut separate_erase = None;
-        if let Some((erase_start, erase_end)) = ring.erase {
-            if erase_start >= start && erase_start <= end {
-                frames.resize_zeroed(frames.len().max((erase_end - start) as usize));
-            } else {
-                separate_erase = Some((erase_start, erase_end));
-            }
-        }
-        let direct = self.mode == DwbMode::Direct;
+        let erase = ring.erase;
         let result = (|| {
-            if let Some((erase_start, erase_end)) = separate_erase {
-                let mut zeros = AlignedBuf::new((erase_end - erase_start) as usize, block as usize);
-                zeros.resize_zeroed((erase_end - erase_start) as usize);
-                self.write_ring(ring, zeros.as_slice(), erase_start)?;
+            // Zeros over a span waiting to be erased, written before the frames (which may
+            // land inside it), in bounded chunks, and synced by the same fdatasync.
+            if let Some((erase_start, erase_end)) = erase {
+                let chunk_len = (erase_end - erase_start).min(SCAN_CHUNK_BYTES as u64) as usize;
+                let mut zeros = AlignedBuf::new(chunk_len, block as usize);
+                zeros.resize_zeroed(chunk_len);
+                let mut at = erase_start;
+                while at < erase_end {
+                    let n = chunk_len.min((erase_end - at) as usize);
+                    self.write_ring(ring, &zeros.as_slice()[..n], at)?;
+                    at += n as u64;
+                }
             }
-            let span: &[u8] = if direct {
-                frames.padded_slice()
-            } else {
-                frames.as_slice()
-            };
+            // Zero-padded to the block end in both modes: a chain of frames can then
+            // only ever continue into a frame that starts on a block boundary — which
+            // every scan indexes (and recovery voids when stale) — never into an old
+            // remnant this flush happens to end next to.
+            let span: &[u8] = frames.padded_slice();
             if !span.is_empty() {
                 self.write_ring(ring, span, start)?;
             }
@@ -935,6 +933,10 @@ fn parse_frame_prefix(bytes: &[u8], max_record_bytes: u32) -> Option<(u32, u64)>
         return None;
     }
     if read_u32(prefix, 16) != 0 {
+        return None;
+    }
+    // No flush ever reaches this sequence number; a frame claiming it is forged.
+    if read_u64(prefix, 8) == u64::MAX {
         return None;
     }
     let record_len = read_u32(prefix, 4);

@@ -27,6 +27,8 @@ pub const RECORD_MAGIC: [u8; 4] = *b"DWAL";
 pub const RECORD_FORMAT_VERSION: u16 = 1;
 /// Largest payload a record may carry.
 pub const MAX_PAYLOAD_BYTES: u32 = 64 * 1024 * 1024;
+/// Largest LSN a record may have (the one above it would not fit in "next LSN").
+pub const MAX_LSN: u64 = u64::MAX - 1;
 /// Bit 15 of `record_type`: a reader that does not know the type must fail.
 pub const REQUIRED_FLAG: u32 = 0x8000;
 /// Bit 14 of `record_type`: the payload is ciphertext.
@@ -262,6 +264,10 @@ impl RecordHeader {
             return Err(RecordError::InvalidHeader {
                 detail: "LSN 0 is reserved for padding",
             });
+        } else if header.lsn > MAX_LSN {
+            return Err(RecordError::InvalidHeader {
+                detail: "LSN beyond the largest one a record may have",
+            });
         } else if header.commit_lsn > header.lsn {
             return Err(RecordError::InvalidHeader {
                 detail: "commit LSN is above the record's own LSN",
@@ -478,6 +484,11 @@ pub fn check_user_record(
     if lsn == 0 {
         return Err(RecordError::InvalidHeader {
             detail: "LSN 0 is reserved for padding; LSNs start at 1",
+        });
+    }
+    if lsn > MAX_LSN {
+        return Err(RecordError::InvalidHeader {
+            detail: "LSN u64::MAX is reserved; the largest LSN is u64::MAX - 1",
         });
     }
     Ok(())

@@ -330,6 +330,14 @@ pub fn read_header(file: &dyn VfsFile, segment: &SegmentFile) -> Result<SegmentH
             ),
         });
     }
+    if header.first_lsn == 0 || header.first_lsn > crate::record::MAX_LSN {
+        return Err(Error::WalCorrupt {
+            path: segment.path.clone(),
+            offset: 0,
+            lsn: header.first_lsn,
+            detail: "a segment's first LSN must be between 1 and u64::MAX - 1".into(),
+        });
+    }
     if header.first_lsn != segment.first_lsn {
         return Err(Error::WalCorrupt {
             path: segment.path.clone(),

@@ -184,7 +184,11 @@ impl Writer {
         // protect (one too large for a DWB slot, or no usable DWB) — or whose end is not
         // aligned for direct I/O — continues in a new segment, which rewrites nothing.
         let end = writer.active.end;
-        if !end.is_multiple_of(block) {
+        if writer.options.direct_io && !writer.active.size.is_multiple_of(block) {
+            // A segment cut short: direct I/O could not grow it from its unaligned end.
+            let next = writer.next_lsn;
+            writer.roll(next, 0)?;
+        } else if !end.is_multiple_of(block) {
             let at_risk = writer.at_risk(end);
             let unprotectable = match &writer.dwb {
                 Some(dwb) if !writer.dwb_failed => {
@@ -254,6 +258,17 @@ impl Writer {
         }
         let first_lsn = self.next_lsn;
         let record_count: u64 = requests.iter().map(|r| r.len() as u64).sum();
+        if record_count
+            > crate::record::MAX_LSN
+                .saturating_sub(first_lsn)
+                .saturating_add(1)
+        {
+            return Err(Error::InvalidOptions {
+                detail: format!(
+                    "the LSN space is exhausted: {record_count} records from LSN {first_lsn} would pass u64::MAX - 1"
+                ),
+            });
+        }
         if record_count == 0 && !force_pad {
             return Ok(first_lsn);
         }
