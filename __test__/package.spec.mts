@@ -119,3 +119,17 @@ test('every file package.json points to (main, types, bin, exports) is built and
   t.deepEqual(pkg.bin, { doublewrite: 'cli/main.js' })
   t.true(readFileSync(path.join(root, 'cli/main.js'), 'utf8').startsWith('#!/usr/bin/env node\n'))
 })
+
+test('the release workflow builds every napi target and tests each of them on Node 20, 22 and 24', (t) => {
+  const workflow = readFileSync(path.join(root, '.github', 'workflows', 'release.yml'), 'utf8')
+  const jobs = workflow.split(/^ {2}(?=[a-z-]+:$)/m)
+  const job = (name: string): string => jobs.find((j) => j.startsWith(`${name}:`)) ?? ''
+  const targetsIn = (text: string): string[] => [...text.matchAll(/^\s+(?:- )?target: ([\w-]+)$/gm)].map((m) => m[1] ?? '').sort()
+  const targets = [...napi.targets].sort()
+  t.deepEqual(targetsIn(job('build')), targets)
+  t.deepEqual([...targetsIn(job('test-macos-windows')), ...[...job('test-linux').matchAll(/^ {10}- ([\w-]+-linux-[\w-]+)$/gm)].map((m) => m[1] ?? '')].sort(), targets)
+  for (const name of ['test-macos-windows', 'test-linux']) t.regex(job(name), /node: \['20', '22', '24'\]/, name)
+  t.regex(job('publish'), /npm run artifacts -- --from artifacts/)
+  t.regex(job('publish'), /napi pre-publish -t npm/)
+  t.regex(job('publish'), /id-token: write/)
+})
