@@ -88,7 +88,7 @@ try {
   for (const dir of [env.HOME, env.TMPDIR]) mkdirSync(dir)
   writeFileSync(env.npm_config_userconfig, '')
   for (const tool of ['cc', 'gcc', 'clang', 'cargo', 'rustc', 'make', 'python3', 'npm']) {
-    const found = spawnSync('command', ['-v', tool], { env, shell: '/bin/sh', encoding: 'utf8' })
+    const found = spawnSync('/bin/sh', ['-c', `command -v ${tool}`], { env, encoding: 'utf8' })
     if (found.status === 0) fail(`${tool} is on the clean PATH (${found.stdout.trim()})`)
   }
   const consumer = path.join(work, 'consumer')
