@@ -12,16 +12,24 @@
 //! - no record is ever acknowledged unprotected, and none after a failed sync.
 //!
 //! Everything a case does follows from its seed; `--seed S --cases 1` replays it.
+//!
+//! Cases run on the simulated disk by default, or through the kernel on faultfs, a FUSE
+//! file system with the same fault model (`--disk fuse`, see [`disk`]): the same
+//! workload and the same checker, only the [`Disk`] differs.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use doublewrite::io::sim::{FaultPlan, SimRng, SimVfs, TearPolicy};
+use doublewrite::io::sim::SimRng;
 use doublewrite::io::Vfs;
 use doublewrite::wal::Weakness;
 use doublewrite::{DwbMode, Error, RecordInput, RecordType, TailProtection, Wal, WalOptions};
+
+pub mod disk;
+
+pub use disk::{fuse_available, Disk, DiskKind, Fault};
 
 const CLEAN_REOPEN: &str = "clean reopen";
 
@@ -97,6 +105,8 @@ pub struct CaseOutcome {
     pub repairs: u64,
     pub acknowledged: u64,
     pub violations: Vec<String>,
+    /// What the disk counted (FUSE disks only).
+    pub disk_counters: BTreeMap<String, u64>,
 }
 
 /// Totals over many cases.
@@ -109,6 +119,8 @@ pub struct Summary {
     pub acknowledged: u64,
     pub violations: u64,
     pub failing_seeds: Vec<(u64, String)>,
+    /// Sums of the cases' disk counters (FUSE disks only).
+    pub disk_counters: BTreeMap<String, u64>,
 }
 
 impl Summary {
@@ -121,6 +133,9 @@ impl Summary {
         self.violations += outcome.violations.len() as u64;
         if let Some(first) = outcome.violations.first() {
             self.failing_seeds.push((outcome.seed, first.clone()));
+        }
+        for (name, value) in &outcome.disk_counters {
+            *self.disk_counters.entry(name.clone()).or_default() += value;
         }
     }
 
@@ -188,10 +203,10 @@ impl Model {
     }
 }
 
-/// One simulated machine running one case.
+/// One machine running one case, on a simulated or a FUSE disk.
 struct Machine {
     cfg: CaseConfig,
-    sim: SimVfs,
+    disk: Box<dyn Disk>,
     vfs: Arc<dyn Vfs>,
     dir: PathBuf,
     rng: SimRng,
@@ -202,19 +217,16 @@ struct Machine {
 }
 
 impl Machine {
-    fn new(cfg: CaseConfig) -> Machine {
-        let sim = SimVfs::new();
-        sim.set_direct_io_alignment(cfg.direct_io_alignment);
-        sim.create_dir_all(Path::new("/disk")).expect("sim dir");
+    fn new(cfg: CaseConfig, disk: Box<dyn Disk>) -> Machine {
         let rng = SimRng::new(cfg.seed);
         Machine {
             outcome: CaseOutcome {
                 seed: cfg.seed,
                 ..CaseOutcome::default()
             },
-            vfs: Arc::new(sim.clone()),
-            sim,
-            dir: PathBuf::from("/disk/wal"),
+            vfs: disk.vfs(),
+            dir: disk.wal_dir().to_path_buf(),
+            disk,
             rng,
             model: Model::default(),
             tracing: std::env::var_os("CRASH_SIM_TRACE").is_some(),
@@ -227,7 +239,7 @@ impl Machine {
             eprintln!(
                 "[seed {} m{}] {what}",
                 self.cfg.seed,
-                self.sim.mutation_count()
+                self.disk.mutation_count()
             );
         }
     }
@@ -496,7 +508,7 @@ impl Machine {
     /// Runs workload steps against `wal` until power is lost (or `steps` ran).
     fn run_until_power_loss(&mut self, wal: &Wal, steps: usize) {
         for _ in 0..steps {
-            if self.sim.is_powered_off() {
+            if self.disk.is_powered_off() {
                 return;
             }
             match self.rng.below(10) {
@@ -520,28 +532,22 @@ impl Machine {
     /// recovery), and checks.
     fn crash_cycle(&mut self, wal: Wal) -> Option<Wal> {
         let window = 1 + self.rng.below(60);
-        let at = self.sim.mutation_count() + window;
+        let at = self.disk.mutation_count() + window;
         self.trace(format_args!("power will fail at mutation {at}"));
-        self.sim.set_plan(FaultPlan {
-            crash_at: Some(at),
-            ..FaultPlan::default()
-        });
+        self.disk.set_fault(Fault::PowerLossAt(at));
         let steps = 1 + self.rng.below(6) as usize;
         self.run_until_power_loss(&wal, steps);
-        self.sim.power_off();
+        self.disk.power_off();
         drop(wal);
         self.crash();
         // Sometimes the power fails again while recovery is repairing.
         while self.rng.chance(1, 3) {
-            let at = self.sim.mutation_count() + 1 + self.rng.below(12);
-            self.sim.set_plan(FaultPlan {
-                crash_at: Some(at),
-                ..FaultPlan::default()
-            });
+            let at = self.disk.mutation_count() + 1 + self.rng.below(12);
+            self.disk.set_fault(Fault::PowerLossAt(at));
             match self.open() {
                 Ok(wal) => {
-                    self.sim.set_plan(FaultPlan::default());
-                    if self.sim.is_powered_off() {
+                    self.disk.set_fault(Fault::None);
+                    if self.disk.is_powered_off() {
                         drop(wal);
                         self.crash();
                         continue;
@@ -550,7 +556,7 @@ impl Machine {
                     drop(wal);
                     break;
                 }
-                Err(_) if self.sim.is_powered_off() => self.crash(),
+                Err(_) if self.disk.is_powered_off() => self.crash(),
                 Err(e) => {
                     self.violation(format!(
                         "recovery failed (crash during recovery armed): [{}] {e}",
@@ -560,24 +566,21 @@ impl Machine {
                 }
             }
         }
-        self.sim.set_plan(FaultPlan::default());
+        self.disk.set_fault(Fault::None);
         self.recover_and_check("after crash")
     }
 
     fn crash(&mut self) {
-        let torn = self.sim.crash(&mut self.rng, TearPolicy::Random);
+        let torn = self.disk.crash(&mut self.rng);
         self.trace(format_args!("CRASH ({torn} unsynced sectors settled)"));
         self.outcome.crashes += 1;
     }
 
     /// A sync fails: the WAL must poison itself and acknowledge nothing more.
     fn sync_failure_cycle(&mut self, wal: Wal) -> Option<Wal> {
-        let at = self.sim.mutation_count() + 1 + self.rng.below(30);
+        let at = self.disk.mutation_count() + 1 + self.rng.below(30);
         self.trace(format_args!("a sync will fail at mutation {at}"));
-        self.sim.set_plan(FaultPlan {
-            fail_sync_at: [at].into_iter().collect(),
-            ..FaultPlan::default()
-        });
+        self.disk.set_fault(Fault::SyncFailsAt(at));
         let mut poisoned = false;
         for _ in 0..8 {
             match self.append(&wal, false, "sync failure") {
@@ -602,19 +605,16 @@ impl Machine {
                 )),
             }
         }
-        self.sim.set_plan(FaultPlan::default());
+        self.disk.set_fault(Fault::None);
         drop(wal);
         self.recover_and_check("reopen after failed sync")
     }
 
     /// The disk fills up: the failed commit takes no LSN and the WAL keeps working.
     fn no_space_cycle(&mut self, wal: &Wal) {
-        let at = self.sim.mutation_count() + 1 + self.rng.below(20);
+        let at = self.disk.mutation_count() + 1 + self.rng.below(20);
         self.trace(format_args!("the disk will be full at mutation {at}"));
-        self.sim.set_plan(FaultPlan {
-            no_space_at: [at].into_iter().collect(),
-            ..FaultPlan::default()
-        });
+        self.disk.set_fault(Fault::NoSpaceAt(at));
         for _ in 0..4 {
             let before = wal.next_lsn();
             match self.append(wal, false, "no space") {
@@ -633,16 +633,23 @@ impl Machine {
                 )),
             }
         }
-        self.sim.set_plan(FaultPlan::default());
+        self.disk.set_fault(Fault::None);
         let _ = self.append(wal, true, "after the disk had space again");
     }
 
     fn run(mut self) -> CaseOutcome {
+        self.run_workload();
+        let mut outcome = std::mem::take(&mut self.outcome);
+        outcome.disk_counters = self.disk.counters();
+        outcome
+    }
+
+    fn run_workload(&mut self) {
         let mut wal = match self.open() {
             Ok(wal) => wal,
             Err(e) => {
                 self.violation(format!("the first open failed: {e}"));
-                return self.outcome;
+                return;
             }
         };
         for _ in 0..self.cfg.steps {
@@ -681,25 +688,51 @@ impl Machine {
             };
             match next {
                 Some(next) => wal = next,
-                None => return self.outcome,
+                None => return,
             }
         }
         // Every case ends with a power loss at an idle moment and a final check.
-        self.sim.power_off();
+        self.disk.power_off();
         drop(wal);
         self.crash();
         self.recover_and_check("final crash");
-        self.outcome
     }
 }
 
-/// Runs the case with `seed`.
+/// Runs the case with `seed` on the simulated disk.
 pub fn run_case(seed: u64, weakness: Option<Weakness>) -> CaseOutcome {
-    Machine::new(CaseConfig::from_seed(seed, weakness)).run()
+    run_case_on(DiskKind::Sim, seed, weakness)
 }
 
-/// Runs `cases` cases with seeds `first_seed..` on `threads` threads.
+/// Runs the case with `seed` on a disk of `kind`. A FUSE disk that cannot be mounted
+/// is reported as a violation of the case (check [`fuse_available`] first).
+pub fn run_case_on(kind: DiskKind, seed: u64, weakness: Option<Weakness>) -> CaseOutcome {
+    let cfg = CaseConfig::from_seed(seed, weakness);
+    match disk::open_disk(kind, &cfg) {
+        Ok(disk) => Machine::new(cfg, disk).run(),
+        Err(e) => CaseOutcome {
+            seed,
+            violations: vec![format!("no {} disk: {e}", kind.name())],
+            ..CaseOutcome::default()
+        },
+    }
+}
+
+/// Runs `cases` cases with seeds `first_seed..` on `threads` threads, on the simulated
+/// disk.
 pub fn run_many(
+    first_seed: u64,
+    cases: u64,
+    threads: usize,
+    weakness: Option<Weakness>,
+) -> Summary {
+    run_many_on(DiskKind::Sim, first_seed, cases, threads, weakness)
+}
+
+/// Runs `cases` cases with seeds `first_seed..` on `threads` threads, each on its own
+/// disk of `kind`.
+pub fn run_many_on(
+    kind: DiskKind,
     first_seed: u64,
     cases: u64,
     threads: usize,
@@ -714,7 +747,7 @@ pub fn run_many(
                 if i >= cases {
                     break;
                 }
-                let outcome = run_case(first_seed + i, weakness);
+                let outcome = run_case_on(kind, first_seed + i, weakness);
                 summary.lock().unwrap().add(&outcome);
             });
         }
