@@ -9,6 +9,13 @@
 //! single durable write; two files is the least a DWB commit can cost (DWB write + sync,
 //! then WAL write + sync). It runs on the libuv pool and goes through the core's I/O seam
 //! (`StdVfs`), so `direct` uses exactly the O_DIRECT path the WAL uses.
+#![cfg_attr(
+    test,
+    allow(
+        dead_code,
+        reason = "only the napi registration (absent from test builds) calls into this module"
+    )
+)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
