@@ -44,8 +44,13 @@ const ORDER = [
   'classic-level-sync',
 ]
 const COLOR = (id) =>
-  id.startsWith('dw-') ? (id === 'dw-buffered-mirror' ? '#1f5fbf' : '#5b8fd9') : id.startsWith('js-') ? '#e08a2c' : '#7a7a7a'
+  id.startsWith('dw-') && id.includes('@')
+    ? id.endsWith(`@${LAST_LABEL}`)
+      ? '#1f5fbf'
+      : '#9db8e3'
+    : id.startsWith('dw-') ? (id === 'dw-buffered-mirror' ? '#1f5fbf' : '#5b8fd9') : id.startsWith('js-') ? '#e08a2c' : '#7a7a7a'
 
+const LAST_LABEL = data.machine?.packages?.at(-1)?.label ?? null
 const sizes = [...new Set(summaries.filter((s) => /^W/.test(s.workload)).map((s) => s.size))].sort((a, b) => a - b)
 const rows = WORKLOADS.filter(([w]) => summaries.some((s) => s.workload === w))
 
@@ -75,7 +80,14 @@ function niceStep(max) {
 }
 
 function panel(x0, y0, workload, label, size) {
-  const cells = ORDER.map((id) => summaries.find((s) => s.contestant === id && s.workload === workload && s.size === size)).filter(Boolean)
+  // Contestants in a fixed order; builds compared in one run (`dw-…@label`) side by side.
+  const rank = (c) => {
+    const i = ORDER.indexOf(c.contestant.replace(/@.*$/, ''))
+    return i < 0 ? ORDER.length : i
+  }
+  const cells = summaries
+    .filter((s) => s.workload === workload && s.size === size && !s.id.startsWith('device'))
+    .sort((a, b) => rank(a) - rank(b) || (a.contestant < b.contestant ? -1 : 1))
   const limits =
     workload === 'W1'
       ? ['device-1file', 'device-2file']

@@ -4,10 +4,14 @@
 //
 //   node bench/run.mjs [--seconds S] [--reps N] [--sizes 128,4096] [--json FILE]
 //                      [--only ID,...] [--workloads W1,W2,W3-64,W3-256,device,baseline,recovery,jscost]
-//                      [--dir DIR] [--package DIR] [--warmup S] [--open-bytes N] [--quick]
+//                      [--dir DIR] [--package DIR | --package A=DIR,B=DIR] [--warmup S]
+//                      [--open-bytes N] [--quick]
 //
 // Prints ONE Markdown table on stdout (progress, warnings and the target check go to
 // stderr); with --json FILE, writes the same figures (and every run's raw figures) as JSON.
+// --package picks the built package to measure (default: the repository root, `npm run build`
+// first); `--package before=DIR,after=DIR` measures several builds in the same run (A/B of a
+// change: our cells appear once per build, as `dw-…@before`, `dw-…@after`).
 //
 // Method: every (contestant, workload, record size) is a cell. A rep runs every cell once,
 // round-robin, each in a fresh child process and a fresh directory, with a warm-up before
@@ -40,6 +44,7 @@ function parseArgs(argv) {
     workloads: null,
     dir: null,
     package: path.resolve(here, '..'),
+    packages: null,
     openBytes: 1 << 30,
     repairCommits: 300,
     jsCostCount: 100_000,
@@ -84,9 +89,16 @@ function parseArgs(argv) {
       case '--dir':
         o.dir = path.resolve(value())
         break
-      case '--package':
-        o.package = path.resolve(value())
+      case '--package': {
+        const entries = value().split(',').filter(Boolean)
+        o.packages = entries.map((e) => {
+          const at = e.indexOf('=')
+          return at > 0 ? { label: e.slice(0, at), dir: path.resolve(e.slice(at + 1)) } : { label: null, dir: path.resolve(e) }
+        })
+        if (o.packages.length > 1 && o.packages.some((p) => !p.label)) throw new Error('--package: label every build (A=DIR,B=DIR)')
+        o.package = o.packages[0].dir
         break
+      }
       case '--open-bytes':
         o.openBytes = Math.round(number())
         break
@@ -102,6 +114,7 @@ function parseArgs(argv) {
         throw new Error(`unknown option ${a} (see --help)`)
     }
   }
+  if (!o.packages) o.packages = [{ label: null, dir: o.package }]
   if (o.quick) {
     // A smoke test of the whole pipeline: every cell, short windows, small fixtures.
     const given = new Set(argv)
@@ -155,7 +168,17 @@ function buildCells(o) {
   for (const size of o.sizes) {
     add({ id: `jscost/${size}`, group: 'jscost', kind: 'jscost', contestant: 'dw-buffered-mirror', workload: 'jscost', size })
   }
-  return cells.filter(
+  // Our cells once per build when several are compared; everything else uses the first.
+  const expanded = []
+  for (const cell of cells) {
+    if (o.packages.length > 1 && OUR_CONFIGS[cell.contestant]) {
+      for (const p of o.packages) {
+        const contestant = `${cell.contestant}@${p.label}`
+        expanded.push({ ...cell, id: cell.id.replace(cell.contestant, contestant), contestant, packageDir: p.dir })
+      }
+    } else expanded.push({ ...cell, packageDir: o.package })
+  }
+  return expanded.filter(
     (cell) =>
       (!o.workloads || o.workloads.includes(cell.group)) &&
       (!o.only || o.only.some((s) => cell.id.includes(s))),
@@ -240,6 +263,7 @@ function machine(dir, o) {
     diskStat: diskStatPath(dir),
     loadAvgAtStart: os.loadavg(),
     package: { dir: o.package, version: pkgVersion, commit: commit ? `${commit}${dirty ? '+dirty' : ''}` : null },
+    packages: o.packages,
     peers: peerVersions(),
   }
 }
@@ -488,7 +512,7 @@ function targets(summaries) {
   if (d2?.referenceRatio) {
     check('direct DWB, W2 128 B: bytes/record ≤ 1/50 of the reference', d2.referenceRatio, 50, d2.referenceRatio >= 50, `${fmt(d2.dwbBytesPerRecord + d2.walBytesPerRecord)} vs ${REFERENCE_SLOT_BYTES} B/record`)
   }
-  const ours = summaries.filter((s) => s.runs > 0 && OUR_CONFIGS[s.contestant] && s.workload.startsWith('W3'))
+  const ours = summaries.filter((s) => s.runs > 0 && s.contestant.startsWith('dw-') && s.workload.startsWith('W3'))
   if (ours.length) {
     const worst = ours.reduce((a, b) => ((b.eldP99Ms ?? 0) > (a.eldP99Ms ?? 0) ? b : a))
     check('event-loop delay p99 ≤ 1 ms under full load (worst W3 cell of ours)', worst.eldP99Ms, 1, worst.eldP99Ms <= 1, worst.id)
@@ -550,7 +574,14 @@ async function main() {
         const cell = cells[(offset + j) % cells.length]
         const dir = path.join(base, `r${rep}-${cell.id.replaceAll('/', '_')}`)
         mkdirSync(dir)
-        const spec = { ...cell, dir, seconds: o.seconds, warmup: o.warmup, packageDir: o.package, diskStat: env.diskStat }
+        const spec = {
+          ...cell,
+          contestant: cell.contestant.replace(/@.*$/, ''),
+          dir,
+          seconds: o.seconds,
+          warmup: o.warmup,
+          diskStat: env.diskStat,
+        }
         if (cell.kind === 'open' || cell.kind === 'repair') {
           const f = fixtures[cell.kind]
           if (!f) {
