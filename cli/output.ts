@@ -158,7 +158,7 @@ export class ProgressBar {
 
   update(done: number, total: number): void {
     const now = performance.now()
-    const line = renderProgress(this.#label, done, total, this.#unit, now - this.#started, this.#stream.columns ?? 80)
+    const line = renderProgress(this.#label, done, total, this.#unit, now - this.#started, this.#stream.columns || 80)
     if (this.#stream.isTTY === true) {
       this.#stream.write(`\r${line}\u001b[K`)
       this.#drawn = true
