@@ -5,7 +5,7 @@
 //   node bench/run.mjs [--seconds S] [--reps N] [--sizes 128,4096] [--json FILE]
 //                      [--only ID,...] [--workloads W1,W2,W3-64,W3-256,device,baseline,recovery,jscost]
 //                      [--dir DIR] [--package DIR | --package A=DIR,B=DIR] [--warmup S]
-//                      [--open-bytes N] [--quick]
+//                      [--open-bytes N] [--chart SVG] [--quick]
 //
 // Prints ONE Markdown table on stdout (progress, warnings and the target check go to
 // stderr); with --json FILE, writes the same figures (and every run's raw figures) as JSON.
@@ -49,6 +49,7 @@ function parseArgs(argv) {
     repairCommits: 300,
     jsCostCount: 100_000,
     settleMs: 200,
+    chart: null,
     quick: false,
   }
   for (let i = 0; i < argv.length; i++) {
@@ -101,6 +102,9 @@ function parseArgs(argv) {
       }
       case '--open-bytes':
         o.openBytes = Math.round(number())
+        break
+      case '--chart':
+        o.chart = path.resolve(value())
         break
       case '--quick':
         o.quick = true
@@ -541,6 +545,9 @@ async function main() {
   if (cells.length === 0) throw new Error('no cell matches --only / --workloads')
   log(`doublewrite bench: ${cells.length} cells × ${o.reps} reps, ${o.seconds} s each (+${o.warmup} s warm-up), in ${base} (${env.fsType}); package ${env.package.dir} @ ${env.package.commit}`)
   if (o.quick) log('--quick: a smoke test — short windows, small fixtures; do not quote these figures')
+  const missing = ['better-sqlite3', 'lmdb', 'classic-level'].filter((name) => env.peers[name] === null)
+  if (missing.length) log(`WARNING: ${missing.join(', ')} not installed: run \`npm --prefix bench ci\` (their cells will fail)`)
+  if (o.chart && !o.json) o.json = path.join(here, 'results', 'latest.json')
 
   const timeoutMs = (o.seconds + o.warmup) * 1000 * 10 + 120_000
   const fixtures = {}
@@ -621,6 +628,10 @@ async function main() {
       mkdirSync(path.dirname(o.json), { recursive: true })
       writeFileSync(o.json, `${JSON.stringify(out, null, 1)}\n`)
       log(`wrote ${o.json}`)
+    }
+    if (o.chart) {
+      const r = spawnSync(process.execPath, [path.join(here, 'chart.mjs'), o.json, '--out', o.chart], { stdio: 'inherit' })
+      if (r.status !== 0) log('chart: failed')
     }
   } finally {
     rmSync(base, { recursive: true, force: true })

@@ -9,7 +9,7 @@
 // - stats: counters of our WAL (bigints turned into numbers).
 
 import { createRequire } from 'node:module'
-import { closeSync, fdatasyncSync, openSync, writeSync } from 'node:fs'
+import { closeSync, fdatasyncSync, openSync, readFileSync, writeSync } from 'node:fs'
 import path from 'node:path'
 import zlib from 'node:zlib'
 
@@ -242,7 +242,10 @@ function classicLevel(id) {
 export function peerVersions() {
   const version = (name) => {
     try {
-      return require(`${name}/package.json`).version
+      const main = require.resolve(name)
+      const at = main.lastIndexOf(`${path.sep}node_modules${path.sep}${name}${path.sep}`)
+      const dir = main.slice(0, at + `${path.sep}node_modules${path.sep}${name}`.length)
+      return JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')).version
     } catch {
       return null
     }
