@@ -184,8 +184,10 @@ Usage: doublewrite <command> [options]
 Commands:
 ${lines.join('\n')}
 
-Every command takes --json and --help; see doublewrite <command> --help.
-  -v, --version        print the version
+Options:
+  --json                print the result as JSON on stdout (every command)
+  -h, --help            this help; doublewrite <command> --help for a command's options
+  -v, --version         print the version
 
 ${EXIT_CODES}
 
