@@ -133,7 +133,9 @@ Exit code 0 when every record came back, 1 otherwise.`,
 second and append latency for one writer (each append waits for the previous one) and
 for N concurrent appenders (group commit: one DWB sync + one WAL sync per commit, shared
 by every append waiting for it). Run it with --dir on the disk you care about: the OS
-temp directory is often tmpfs, where a sync costs nothing.
+temp directory is often tmpfs, where a sync costs nothing. The WALs use 64 MiB segments
+and no background spare segment, so nothing else writes during the timed window (a run
+long and fast enough to fill a segment times its roll too).
 
 Options:
   --seconds S          seconds per scenario (default 2)
