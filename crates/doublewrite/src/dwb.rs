@@ -291,6 +291,8 @@ struct Ring {
     erase: Option<(u64, u64)>,
     /// Ring span of the last successful flush.
     last_flush: Option<(u64, u64)>,
+    /// Largest frame indexed: how far back an overlapping frame can start.
+    largest_frame_bytes: u64,
 }
 
 impl fmt::Debug for Ring {
@@ -585,12 +587,7 @@ impl DoubleWriteBuffer {
             return;
         };
         add_erase(&mut ring, start, end);
-        evict(
-            &mut ring,
-            start,
-            end,
-            u64::from(self.geometry.max_record_bytes),
-        );
+        evict(&mut ring, start, end);
         ring.write_pos = start;
     }
 
@@ -616,12 +613,7 @@ impl DoubleWriteBuffer {
             add_erase(&mut ring, start, end);
         }
         if let Some((start, end)) = ring.erase {
-            evict(
-                &mut ring,
-                start,
-                end,
-                u64::from(self.geometry.max_record_bytes),
-            );
+            evict(&mut ring, start, end);
         }
         drop(ring);
         if !stale.is_empty() {
@@ -684,15 +676,10 @@ impl DoubleWriteBuffer {
             return Err(e);
         }
         if let Some((erase_start, erase_end)) = ring.erase.take() {
-            evict(
-                ring,
-                erase_start,
-                erase_end,
-                u64::from(self.geometry.max_record_bytes),
-            );
+            evict(ring, erase_start, erase_end);
         }
         // The written span replaced whatever frames were there.
-        evict(ring, start, end, u64::from(self.geometry.max_record_bytes));
+        evict(ring, start, end);
         for (i, &(lsn, at, record_len)) in entries.iter().enumerate() {
             let frame = FrameRef {
                 seq: first_seq + i as u64,
@@ -701,6 +688,9 @@ impl DoubleWriteBuffer {
             };
             ring.by_pos.insert(frame.ring_pos, lsn);
             ring.by_lsn.entry(lsn).or_default().push(frame);
+            ring.largest_frame_bytes = ring
+                .largest_frame_bytes
+                .max(FRAME_PREFIX_SIZE as u64 + u64::from(record_len));
         }
         ring.last_flush = (len > 0).then_some((start, end));
         ring.write_pos = if end >= ring_bytes { 0 } else { end };
@@ -983,8 +973,8 @@ fn add_erase(ring: &mut Ring, start: u64, end: u64) {
 }
 
 /// Drops index entries of frames overlapping `[start, end)` of the ring.
-fn evict(ring: &mut Ring, start: u64, end: u64, max_record_bytes: u64) {
-    let from = start.saturating_sub(FRAME_PREFIX_SIZE as u64 + max_record_bytes);
+fn evict(ring: &mut Ring, start: u64, end: u64) {
+    let from = start.saturating_sub(ring.largest_frame_bytes);
     let overlapping: Vec<u64> = ring.by_pos.range(from..end).map(|(&pos, _)| pos).collect();
     for pos in overlapping {
         let lsn = ring.by_pos[&pos];
@@ -1067,6 +1057,11 @@ fn scan_ring(
     let mut by_lsn: HashMap<u64, Vec<FrameRef>> = HashMap::new();
     let mut by_pos = BTreeMap::new();
     let mut newest: Option<(u64, u64)> = None; // (seq, end of that frame)
+    let largest_frame_bytes = kept
+        .iter()
+        .map(|f| FRAME_PREFIX_SIZE as u64 + u64::from(f.1))
+        .max()
+        .unwrap_or(0);
     for (ring_pos, record_len, seq, lsn) in kept {
         by_pos.insert(ring_pos, lsn);
         by_lsn.entry(lsn).or_default().push(FrameRef {
@@ -1094,6 +1089,7 @@ fn scan_ring(
         by_pos,
         erase: None,
         last_flush: None,
+        largest_frame_bytes,
     })
 }
 

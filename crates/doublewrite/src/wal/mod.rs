@@ -594,6 +594,34 @@ impl Wal {
         self.enqueue(Job::Append { records, done });
     }
 
+    /// [`Wal::submit_append`] for several callers at once: all are queued under one lock
+    /// and the commit thread is woken once. Each job still gets its own LSNs and outcome.
+    pub fn submit_many(&self, jobs: Vec<(Vec<RecordInput>, AppendCallback)>) {
+        let mut valid = Vec::with_capacity(jobs.len());
+        for (records, done) in jobs {
+            match records.iter().find_map(|r| r.check().err()) {
+                Some(e) => done(Err(e.into())),
+                None => valid.push(Job::Append { records, done }),
+            }
+        }
+        if valid.is_empty() {
+            return;
+        }
+        let mut queue = lock(&self.shared.queue);
+        if queue.closing {
+            drop(queue);
+            for job in valid {
+                if let Job::Append { done, .. } = job {
+                    done(Err(Error::wal_closed()));
+                }
+            }
+            return;
+        }
+        queue.jobs.extend(valid);
+        drop(queue);
+        self.shared.wake.notify_one();
+    }
+
     /// Appends `records` as one commit and returns the LSN of the first once durable.
     pub fn append_batch(&self, records: Vec<RecordInput>) -> Result<u64> {
         let (send, receive) = mpsc::channel();

@@ -184,8 +184,13 @@ fn scan(
         let len = file
             .len()
             .map_err(|e| Error::io("measure segment", &segment.path, e))?;
-        buf.clear();
-        buf.resize(len as usize, 0);
+        // Reused across segments; every byte is overwritten by the read, so only growth
+        // needs initializing.
+        if buf.len() < len as usize {
+            buf.resize(len as usize, 0);
+        } else {
+            buf.truncate(len as usize);
+        }
         io::read_exact_at(file.as_ref(), &mut buf, 0)
             .map_err(|e| Error::io("read segment", &segment.path, e))?;
         let scan = scan_segment(
@@ -441,29 +446,32 @@ fn later_commit_after(buf: &[u8], from: u64, expected: u64) -> bool {
     false
 }
 
+/// The first record magic in `bytes` with room for a header after it (SIMD search).
 fn find_magic(bytes: &[u8]) -> Option<usize> {
-    let mut start = 0;
-    while start + RECORD_MAGIC.len() <= bytes.len() {
-        let first = bytes[start..].iter().position(|&b| b == RECORD_MAGIC[0])?;
-        let at = start + first;
-        if bytes.len() - at < HEADER_SIZE {
-            return None;
-        }
-        if bytes[at..at + 4] == RECORD_MAGIC {
-            return Some(at);
-        }
-        start = at + 1;
-    }
-    None
+    memchr::memmem::find(bytes, &RECORD_MAGIC).filter(|&at| bytes.len() - at >= HEADER_SIZE)
 }
 
 /// Offset just past the last non-zero byte at or after `from` (`from` if there is none).
+/// Scans backwards a word at a time: the end of a segment is usually all zeros.
 fn last_nonzero_end(buf: &[u8], from: u64) -> u64 {
-    let from = from as usize;
-    match buf[from.min(buf.len())..].iter().rposition(|&b| b != 0) {
-        Some(i) => (from + i + 1) as u64,
-        None => from as u64,
+    let from = (from as usize).min(buf.len());
+    let region = &buf[from..];
+    let words = region.len() / 8;
+    let tail = &region[words * 8..];
+    if let Some(i) = tail.iter().rposition(|&b| b != 0) {
+        return (from + words * 8 + i + 1) as u64;
     }
+    for w in (0..words).rev() {
+        let chunk = &region[w * 8..w * 8 + 8];
+        if u64::from_le_bytes(chunk.try_into().expect("8 bytes")) != 0 {
+            let i = chunk
+                .iter()
+                .rposition(|&b| b != 0)
+                .expect("a non-zero byte");
+            return (from + w * 8 + i + 1) as u64;
+        }
+    }
+    from as u64
 }
 
 #[cfg(test)]

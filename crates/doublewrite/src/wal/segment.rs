@@ -217,19 +217,37 @@ pub fn create_segment_file(
     result.map(|()| (path, header))
 }
 
-/// Name of the segment the writer prepares ahead of time (see [`prepare_spare`]).
-pub const SPARE_NAME: &str = "wal-spare.seg.tmp";
+/// Name of the segment the writer prepares ahead of time (see [`prepare_spare`]), once it
+/// is complete; while it is being written it is `SPARE_NAME.tmp`.
+pub const SPARE_NAME: &str = "wal-spare.seg";
 
-/// Creates a zero-filled, synced file of `size_bytes` at `dir/SPARE_NAME`, ready to become
-/// the next segment (see [`adopt_spare`]). Stops early, removing the file, once `cancel`
-/// is set. Its name ends in `.tmp`: an unused spare is removed at the next open.
+/// The completed spare in `dir` if it is exactly `size_bytes` long (a spare of another
+/// size — the segment size changed — is removed).
+pub fn existing_spare(vfs: &dyn Vfs, dir: &Path, size_bytes: u64) -> Option<PathBuf> {
+    let path = dir.join(SPARE_NAME);
+    let file = vfs.open(&path, OpenOptions::read_only()).ok()?;
+    let len = file.len().ok()?;
+    drop(file);
+    if len == size_bytes {
+        Some(path)
+    } else {
+        let _ = vfs.remove_file(&path);
+        None
+    }
+}
+
+/// Creates a zero-filled, synced file of `size_bytes`, ready to become the next segment
+/// (see [`adopt_spare`]): written as `SPARE_NAME.tmp`, renamed to [`SPARE_NAME`] once
+/// synced, so a spare found at open is always complete (an unfinished `.tmp` is removed).
+/// Stops early, removing the file, once `cancel` is set.
 pub fn prepare_spare(
     vfs: &dyn Vfs,
     dir: &Path,
     size_bytes: u64,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<PathBuf> {
-    let path = dir.join(SPARE_NAME);
+    let done = dir.join(SPARE_NAME);
+    let path = dir.join(format!("{SPARE_NAME}.tmp"));
     if vfs.kind(&path).ok().flatten().is_some() {
         vfs.remove_file(&path)
             .map_err(|e| Error::io("remove old spare segment", &path, e))?;
@@ -252,7 +270,10 @@ pub fn prepare_spare(
     }
     file.sync_all()
         .map_err(|e| Error::io("sync spare segment", &path, e))?;
-    Ok(path)
+    drop(file);
+    vfs.rename(&path, &done)
+        .map_err(|e| Error::io("rename spare segment", &done, e))?;
+    Ok(done)
 }
 
 /// Turns a prepared spare into the segment for `first_lsn`: writes and syncs its header,

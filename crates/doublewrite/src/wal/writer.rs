@@ -91,19 +91,36 @@ pub(crate) struct Writer {
     _lock: Box<dyn VfsFile>,
 }
 
-/// A background preparation of the next segment (see `WalOptions::prepare_segments`).
+/// The next segment (see `WalOptions::prepare_segments`): ready on disk, or being
+/// prepared on a background thread.
 #[derive(Debug)]
-struct SpareJob {
-    size: u64,
-    cancel: Arc<std::sync::atomic::AtomicBool>,
-    handle: std::thread::JoinHandle<Result<PathBuf>>,
+enum SpareJob {
+    Ready {
+        size: u64,
+        path: PathBuf,
+    },
+    Preparing {
+        size: u64,
+        cancel: Arc<std::sync::atomic::AtomicBool>,
+        handle: std::thread::JoinHandle<Result<PathBuf>>,
+    },
+}
+
+impl SpareJob {
+    fn size(&self) -> u64 {
+        match self {
+            SpareJob::Ready { size, .. } | SpareJob::Preparing { size, .. } => *size,
+        }
+    }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        if let Some(job) = self.spare.take() {
-            job.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-            let _ = job.handle.join();
+        // A spare still being written is abandoned (and removed); a finished one stays
+        // for the next session.
+        if let Some(SpareJob::Preparing { cancel, handle, .. }) = self.spare.take() {
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = handle.join();
         }
     }
 }
@@ -755,15 +772,19 @@ impl Writer {
         if !self.options.prepare_segments || self.spare.is_some() {
             return;
         }
-        let (vfs, dir) = (self.vfs.clone(), self.dir.clone());
         let size = self.options.segment_size_bytes;
+        if let Some(path) = segment::existing_spare(self.vfs.as_ref(), &self.dir, size) {
+            self.spare = Some(SpareJob::Ready { size, path });
+            return;
+        }
+        let (vfs, dir) = (self.vfs.clone(), self.dir.clone());
         let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = cancel.clone();
         let spawned = std::thread::Builder::new()
             .name("doublewrite-spare".into())
             .spawn(move || segment::prepare_spare(vfs.as_ref(), &dir, size, &flag));
         if let Ok(handle) = spawned {
-            self.spare = Some(SpareJob {
+            self.spare = Some(SpareJob::Preparing {
                 size,
                 cancel,
                 handle,
@@ -774,11 +795,13 @@ impl Writer {
     /// The prepared spare if it is at least `size` bytes (waiting for it to finish);
     /// `None` when there is none or it failed — the caller then creates a segment itself.
     fn take_spare(&mut self, size: u64) -> Option<PathBuf> {
-        if self.spare.as_ref().is_none_or(|job| job.size < size) {
+        if self.spare.as_ref().is_none_or(|job| job.size() < size) {
             return None;
         }
-        let job = self.spare.take()?;
-        job.handle.join().ok()?.ok()
+        match self.spare.take()? {
+            SpareJob::Ready { path, .. } => Some(path),
+            SpareJob::Preparing { handle, .. } => handle.join().ok()?.ok(),
+        }
     }
 
     /// Makes the newest segment's name durable, if that is still outstanding.
