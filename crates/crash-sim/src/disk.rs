@@ -131,6 +131,7 @@ impl SimDisk {
     pub fn new(cfg: &CaseConfig) -> SimDisk {
         let sim = SimVfs::new();
         sim.set_direct_io_alignment(cfg.direct_io_alignment);
+        sim.set_linux_failed_writeback(cfg.linux_failed_writeback);
         sim.create_dir_all(Path::new("/disk")).expect("sim dir");
         SimDisk {
             sim,

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use doublewrite::io::sim::SimRng;
 use doublewrite::io::Vfs;
 use doublewrite::wal::Weakness;
-use doublewrite::{DwbMode, Error, RecordInput, RecordType, TailProtection, Wal, WalOptions};
+use doublewrite::{
+    DwbMode, Error, KeyRing, RecordInput, RecordType, TailProtection, Wal, WalOptions,
+};
 
 pub mod disk;
 
@@ -40,6 +42,17 @@ pub struct CaseConfig {
     pub options: WalOptions,
     pub direct_io_alignment: usize,
     pub steps: usize,
+    /// Records are encrypted (AES-256-GCM), sometimes under a rotated key ring.
+    pub encryption: Option<Encryption>,
+    /// Failed syncs behave like Linux's: the unwritten pages stay cached but clean.
+    pub linux_failed_writeback: bool,
+}
+
+/// The key ring a case uses: key 1 from the start; from `rotate_at_open` on, key 2 is
+/// active (and key 1 kept for the older records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encryption {
+    pub rotate_at_open: u64,
 }
 
 impl CaseConfig {
@@ -82,12 +95,32 @@ impl CaseConfig {
                 Weakness::NoDwb | Weakness::LookupByDamagedHeader => {}
             }
         }
+        let direct_io_alignment = if rng.chance(1, 4) { 512 } else { 4096 };
+        // Drawn from their own stream, so the rest of every case stays as it was.
+        let mut extra = SimRng::new(seed ^ 0x5EC2_E7ED);
+        let encryption = (weakness.is_none() && extra.chance(1, 3)).then(|| Encryption {
+            rotate_at_open: 1 + extra.below(4),
+        });
+        let linux_failed_writeback = extra.chance(1, 2);
         CaseConfig {
             seed,
             options,
-            direct_io_alignment: if rng.chance(1, 4) { 512 } else { 4096 },
+            direct_io_alignment,
             steps,
+            encryption,
+            linux_failed_writeback,
         }
+    }
+
+    /// The key ring for the `opens`-th open of this case (`None`: plaintext).
+    fn key_ring(&self, opens: u64) -> Option<KeyRing> {
+        let encryption = self.encryption?;
+        let (keys, active) = if opens >= encryption.rotate_at_open {
+            (vec![(1, [0xA1; 32]), (2, [0xB2; 32])], 2)
+        } else {
+            (vec![(1, [0xA1; 32])], 1)
+        };
+        Some(KeyRing::new(keys, active).expect("a valid key ring"))
     }
 
     /// The largest record a DWB slot holds in this case (for boundary sizes).
@@ -250,7 +283,8 @@ impl Machine {
     }
 
     fn open(&mut self) -> Result<Wal, Error> {
-        let wal = Wal::open_with(self.vfs.clone(), &self.dir, self.cfg.options);
+        let keys = self.cfg.key_ring(self.outcome.recoveries);
+        let wal = Wal::open_with_keys(self.vfs.clone(), &self.dir, self.cfg.options, keys);
         self.trace(format_args!(
             "open -> {:?}",
             wal.as_ref()

@@ -129,6 +129,13 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// The alignment direct I/O needs on this file (offsets, lengths and buffer
     /// addresses), or `None` when the platform reports none.
     fn direct_io_alignment(&self) -> Option<usize>;
+
+    /// Asks the kernel to forget its cached copy of `[offset, offset + len)`, so the next
+    /// read returns what the device holds (`posix_fadvise(POSIX_FADV_DONTNEED)` on Linux;
+    /// nothing elsewhere). After a failed writeback Linux keeps the unwritten data in the
+    /// cache as if it were clean: recovery drops the range it cannot vouch for before
+    /// trusting it.
+    fn drop_cache(&self, offset: u64, len: u64) -> io::Result<()>;
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`.

@@ -168,6 +168,18 @@ impl SectorSet {
         }
         out
     }
+    fn remove_range(&mut self, first: u64, last: u64) {
+        for sector in first..=last {
+            if let Some(word) = self.words.get_mut((sector / 64) as usize) {
+                *word &= !(1 << (sector % 64));
+            }
+        }
+    }
+    fn contains(&self, sector: u64) -> bool {
+        self.words
+            .get((sector / 64) as usize)
+            .is_some_and(|w| w & (1 << (sector % 64)) != 0)
+    }
     fn retain_below(&mut self, sector_limit: u64) {
         let taken = self.take();
         for sector in taken.into_iter().filter(|&s| s < sector_limit) {
@@ -181,6 +193,10 @@ struct Inode {
     live: Vec<u8>,
     durable: Vec<u8>,
     dirty_sectors: SectorSet,
+    /// Linux after a failed writeback: sectors whose new bytes are still cached (reads
+    /// see them) but no longer dirty — no later sync writes them, and dropping the cache
+    /// or a crash shows what the device holds.
+    failed_sectors: SectorSet,
     locked_by: Option<u64>,
 }
 
@@ -197,6 +213,8 @@ struct State {
     boot: u64,
     stats: SimStats,
     direct_io_alignment: usize,
+    /// Failed syncs behave like Linux's ("fsyncgate"): see `Inode::failed_sectors`.
+    linux_failed_writeback: bool,
 }
 
 /// A simulated disk. Clones share the same disk.
@@ -246,6 +264,13 @@ impl SimVfs {
     pub fn set_direct_io_alignment(&self, alignment: usize) {
         assert!(alignment.is_power_of_two());
         self.lock().direct_io_alignment = alignment;
+    }
+
+    /// Makes failed syncs behave like Linux: the pages they could not write stay cached
+    /// but clean (a later sync does not write them); only a crash or dropping the cache
+    /// shows that the device never got them.
+    pub fn set_linux_failed_writeback(&self, on: bool) {
+        self.lock().linux_failed_writeback = on;
     }
 
     /// Installs the fault plan; mutation numbers count from the start of the disk's life.
@@ -435,7 +460,10 @@ enum Mutation {
 
 /// Decides the post-crash content of one file. Returns how many sectors were unsynced.
 fn settle_inode(inode: &mut Inode, rng: &mut SimRng, policy: TearPolicy) -> u64 {
-    let dirty: Vec<u64> = inode.dirty_sectors.take();
+    let mut dirty: Vec<u64> = inode.dirty_sectors.take();
+    dirty.extend(inode.failed_sectors.take());
+    dirty.sort_unstable();
+    dirty.dedup();
     let live_len = inode.live.len();
     let durable_len = inode.durable.len();
     // The size changes with a sync only; an unsynced extension may or may not survive.
@@ -791,6 +819,7 @@ impl VfsFile for SimFile {
             let first = (start / SECTOR_SIZE) as u64;
             let last = ((end - 1) / SECTOR_SIZE) as u64;
             inode.dirty_sectors.insert_range(first, last);
+            inode.failed_sectors.remove_range(first, last);
         }
         match mutation {
             Mutation::PowerLoss => Err(powered_off_error()),
@@ -807,6 +836,13 @@ impl VfsFile for SimFile {
         match SimVfs::begin_named_mutation(&mut state, self.boot, Some((Op::Sync, &self.path)))? {
             Mutation::PowerLoss => return Err(powered_off_error()),
             Mutation::FailSync => {
+                if state.linux_failed_writeback {
+                    if let Some(inode) = state.inodes.get_mut(&self.ino) {
+                        for sector in inode.dirty_sectors.take() {
+                            inode.failed_sectors.insert_range(sector, sector);
+                        }
+                    }
+                }
                 return Err(io::Error::other("simulated EIO from fdatasync"));
             }
             Mutation::Normal | Mutation::NoSpace => {}
@@ -863,6 +899,33 @@ impl VfsFile for SimFile {
 
     fn direct_io_alignment(&self) -> Option<usize> {
         Some(self.vfs.lock().direct_io_alignment)
+    }
+
+    fn drop_cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut state = self.vfs.lock();
+        if state.powered_off || self.boot != state.boot {
+            return Err(powered_off_error());
+        }
+        let Some(inode) = state.inodes.get_mut(&self.ino) else {
+            return Ok(());
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        let first = offset / SECTOR_SIZE as u64;
+        let last = (offset + len - 1) / SECTOR_SIZE as u64;
+        for sector in first..=last {
+            // Clean cached pages are re-read from the device; dirty ones stay.
+            if inode.failed_sectors.contains(sector) {
+                let start = sector as usize * SECTOR_SIZE;
+                let end = (start + SECTOR_SIZE).min(inode.live.len());
+                for i in start..end {
+                    inode.live[i] = inode.durable.get(i).copied().unwrap_or(0);
+                }
+                inode.failed_sectors.remove_range(sector, sector);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -173,4 +173,8 @@ impl VfsFile for StdFile {
     fn direct_io_alignment(&self) -> Option<usize> {
         sys::direct_io_alignment(&self.file)
     }
+
+    fn drop_cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        sys::drop_cache(&self.file, offset, len)
+    }
 }

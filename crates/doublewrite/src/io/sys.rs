@@ -47,3 +47,24 @@ pub fn set_no_cache(file: &File) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// `posix_fadvise(POSIX_FADV_DONTNEED)` over a range of an open file.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn drop_cache(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let offset = libc::off_t::try_from(offset).unwrap_or(libc::off_t::MAX);
+    let len = libc::off_t::try_from(len).unwrap_or(0);
+    // SAFETY: the fd is open for the lifetime of `file`; the advice only affects the
+    // kernel's cache of this file and returns an error number instead of setting errno.
+    let rc =
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub fn drop_cache(_file: &File, _offset: u64, _len: u64) -> std::io::Result<()> {
+    Ok(())
+}

@@ -193,7 +193,7 @@ fn scan(
         }
         io::read_exact_at(file.as_ref(), &mut buf, 0)
             .map_err(|e| Error::io("read segment", &segment.path, e))?;
-        let scan = scan_segment(
+        let mut scan = scan_segment(
             &mut buf,
             segment,
             &header,
@@ -202,6 +202,18 @@ fn scan(
             dwb,
             weakness,
         )?;
+        if next_first_lsn.is_none() {
+            scan = recheck_last_commit(
+                file.as_ref(),
+                &mut buf,
+                scan,
+                segment,
+                &header,
+                expected,
+                dwb,
+                weakness,
+            )?;
+        }
         out.repaired.extend(
             scan.repaired_at
                 .iter()
@@ -260,6 +272,8 @@ struct SegmentScan {
     repaired_records: u64,
     /// (offset, LSN) of each repaired record.
     repaired_at: Vec<(u64, u64)>,
+    /// Offset of the first record of the last commit found.
+    last_commit_start: u64,
     zero_range: Option<(u64, u64)>,
     torn_tail_bytes: u64,
     tail: VecDeque<RecordSpan>,
@@ -281,6 +295,7 @@ fn scan_segment(
     let mut repairs = Vec::new();
     let mut repaired_records = 0;
     let mut repaired_at = Vec::new();
+    let mut last_commit_start = header.data_start();
     let mut tail: VecDeque<RecordSpan> = VecDeque::new();
     let accept = |tail: &mut VecDeque<RecordSpan>, span: RecordSpan| {
         let end = span.offset + u64::from(span.len);
@@ -310,6 +325,9 @@ fn scan_segment(
                 continue;
             }
             Some(h) if h.lsn == expected => {
+                if h.commit_lsn == h.lsn {
+                    last_commit_start = pos;
+                }
                 accept(
                     &mut tail,
                     RecordSpan {
@@ -398,11 +416,71 @@ fn scan_segment(
             repairs,
             repaired_records,
             repaired_at,
+            last_commit_start,
             zero_range,
             torn_tail_bytes,
             tail,
         });
     }
+}
+
+/// Reads the last commit of the log again from the device, past the kernel's cache, and
+/// rescans if it differs. Only the last commit can be in doubt: a failed sync poisons the
+/// writer. And after a failed writeback Linux keeps the unwritten bytes cached but
+/// *clean*, so a reopen in the same boot would read — and build on — data the device never
+/// got ("fsyncgate"); a later sync would not write it either.
+#[allow(clippy::too_many_arguments)]
+fn recheck_last_commit(
+    file: &dyn crate::io::VfsFile,
+    buf: &mut [u8],
+    first: SegmentScan,
+    segment: &SegmentFile,
+    header: &SegmentHeader,
+    expected: u64,
+    dwb: Option<&DoubleWriteBuffer>,
+    weakness: Option<Weakness>,
+) -> Result<SegmentScan> {
+    let block = u64::from(header.block_size_bytes);
+    let len = buf.len() as u64;
+    let from = round_down(first.last_commit_start, block);
+    let to = crate::align::round_up(first.end_offset, block).min(len);
+    if to <= from || file.drop_cache(from, to - from).is_err() {
+        return Ok(first);
+    }
+    let mut device = vec![0u8; (to - from) as usize];
+    io::read_exact_at(file, &mut device, from)
+        .map_err(|e| Error::io("read segment", &segment.path, e))?;
+    // The first scan applied its repairs to `buf`; those inside the range are redone by
+    // the second scan if the device still needs them.
+    let repaired_in_range = first
+        .repairs
+        .iter()
+        .any(|(offset, bytes)| offset + bytes.len() as u64 > from);
+    if !repaired_in_range && buf[from as usize..to as usize] == device[..] {
+        return Ok(first);
+    }
+    buf[from as usize..to as usize].copy_from_slice(&device);
+    let mut second = scan_segment(buf, segment, header, expected, None, dwb, weakness)?;
+    // Repairs below the re-read range are already in `buf`: the second scan sees them
+    // as valid, but they still have to be written back.
+    let mut repairs: Vec<(u64, Vec<u8>)> = first
+        .repairs
+        .into_iter()
+        .filter(|(offset, bytes)| offset + bytes.len() as u64 <= from)
+        .collect();
+    repairs.append(&mut second.repairs);
+    let mut repaired_at: Vec<(u64, u64)> = first
+        .repaired_at
+        .into_iter()
+        .filter(|(offset, _)| *offset < from)
+        .collect();
+    repaired_at.extend(second.repaired_at.iter().copied());
+    repaired_at.sort_unstable();
+    repaired_at.dedup();
+    second.repaired_records = repaired_at.len() as u64;
+    second.repairs = repairs;
+    second.repaired_at = repaired_at;
+    Ok(second)
 }
 
 /// The DWB copy recovery may use for the record expected at a damaged position.
