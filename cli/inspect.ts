@@ -75,7 +75,8 @@ function buildReport(inspection: binding.NativeDwbInspection, file: string): Ins
   const { geometry } = inspection
   const fd = openSync(file, 'r')
   try {
-    const head = Buffer.alloc(28)
+    // The header fields fit well within 64 bytes (docs/FORMAT.md); the rest of the block is zeros.
+    const head = Buffer.alloc(64)
     readSync(fd, head, 0, head.length, 0)
     const newestValid = new Map<bigint, bigint>()
     for (const frame of inspection.frames) {
