@@ -237,11 +237,16 @@ function invalidValue(name: string, allowed: readonly string[], value: unknown):
 const U64_MAX = (1n << 64n) - 1n
 const U32_MAX = 0xffff_ffff
 
-function checkU64(name: string, value: unknown, min = 0n): bigint {
+function checkU64(name: string, value: unknown, min = 0n, max = U64_MAX): bigint {
   if (typeof value !== 'bigint') throw invalidType(name, 'of type bigint', value)
-  if (value < min || value > U64_MAX) throw outOfRange(name, `>= ${min}n and <= 2n ** 64n - 1n`, value)
+  if (value < min || value > max) {
+    throw outOfRange(name, `>= ${min}n and <= ${max === U64_MAX ? '2n ** 64n - 1n' : '2n ** 64n - 2n'}`, value)
+  }
   return value
 }
+
+/** Largest LSN a record may have: `u64::MAX` is reserved (the LSN after the last). */
+const MAX_LSN = U64_MAX - 1n
 
 function checkOptionalU64(name: string, value: unknown): bigint | undefined {
   return value === undefined ? undefined : checkU64(name, value)
@@ -382,7 +387,7 @@ export class WalRecord {
   static create(init: WalRecordInit): WalRecord {
     const fields = checkOptions('init', init, true)
     const recordType = checkInteger('recordType', fields.recordType, U32_MAX)
-    const lsn = checkU64('lsn', fields.lsn, 1n)
+    const lsn = checkU64('lsn', fields.lsn, 1n, MAX_LSN)
     const tenantId = checkOptionalU64('tenantId', fields.tenantId) ?? 0n
     const vshardId = checkOptionalInteger('vshardId', fields.vshardId, U32_MAX) ?? 0
     const databaseId = checkOptionalU64('databaseId', fields.databaseId) ?? 0n
@@ -909,84 +914,273 @@ function wipeKeys(options: native.WalOpenOptions): void {
   for (const entry of options.encryption?.keys ?? []) entry.key.fill(0)
 }
 
-function recordInput(name: string, recordType: unknown, payload: unknown, options: unknown): native.NativeRecordInput {
-  const ids = checkOptions(`${name}options`, options, false)
-  const input: native.NativeRecordInput = {
-    recordType: checkInteger(`${name}recordType`, recordType, U32_MAX),
-    // A copy: the caller may reuse its buffer as soon as the call returns, and the
-    // records of one tick reach the native side in a microtask.
-    payload: new Uint8Array(checkBytes(`${name}payload`, payload)),
-  }
-  const tenantId = checkOptionalU64(`${name}tenantId`, ids.tenantId)
-  const vshardId = checkOptionalInteger(`${name}vshardId`, ids.vshardId, U32_MAX)
-  const databaseId = checkOptionalU64(`${name}databaseId`, ids.databaseId)
-  if (tenantId !== undefined) input.tenantId = tenantId
-  if (vshardId !== undefined) input.vshardId = vshardId
-  if (databaseId !== undefined) input.databaseId = databaseId
-  return input
+/** One record of an append, checked; its payload is copied when it is staged. */
+interface CheckedRecord {
+  recordType: number
+  payload: Uint8Array
+  tenantId: bigint
+  vshardId: number
+  databaseId: bigint
 }
 
-interface Waiter {
-  resolve(firstLsn: bigint): void
-  reject(error: unknown): void
+function recordInput(name: string, recordType: unknown, payload: unknown, options: unknown): CheckedRecord {
+  const ids = checkOptions(`${name}options`, options, false)
+  const checkedType = checkInteger(`${name}recordType`, recordType, U32_MAX)
+  const bytes = checkBytes(`${name}payload`, payload)
+  return {
+    recordType: checkedType,
+    payload: bytes,
+    tenantId: checkOptionalU64(`${name}tenantId`, ids.tenantId) ?? 0n,
+    vshardId: checkOptionalInteger(`${name}vshardId`, ids.vshardId, U32_MAX) ?? 0,
+    databaseId: checkOptionalU64(`${name}databaseId`, ids.databaseId) ?? 0n,
+  }
 }
+
+// The packed form of appends (`unpack` in src/wal.rs): per job `[ticket, recordCount]`, then
+// per record `[recordType, payloadLength, vshardId, flags]`; the payloads back to back.
+const JOB_WORDS = 2
+const RECORD_WORDS = 4
+/** The record's tenant and database ids are in `ids` at twice its index in the call. */
+const FLAG_IDS = 1
+/** The payload is over {@link MAX_PAYLOAD_BYTES}: not copied, the core's error is reported. */
+const FLAG_OVERSIZE = 2
+/** Bit 31 of a ticket from `takeCompletions`: that job failed. */
+const TICKET_FAILED = 0x8000_0000
+
+/** Initial sizes of a WAL's staging buffers (they grow as a tick needs). */
+const STAGE_WORDS = 1024
+const STAGE_BYTES = 64 * 1024
+/** A tick's appends are handed over at once, not at the end of the tick, beyond this. */
+const STAGE_FLUSH_BYTES = 1 << 20
+const STAGE_FLUSH_WORDS = 1 << 16
 
 /**
- * The appends of one WAL that wait for the commit thread. The native side reports each
- * ticket once, through a threadsafe function that does not keep the event loop alive;
- * this keeps it alive (a ref'd timer) exactly while a ticket is outstanding.
+ * The appends of one tick, packed for one native call: metadata words, the payloads
+ * copied back to back (the caller may reuse its buffer once `append` returns), and the
+ * ids when a record has any. The buffers are reused from tick to tick.
+ */
+class Staging {
+  meta = new Uint32Array(STAGE_WORDS)
+  words = 0
+  bytes = new Uint8Array(STAGE_BYTES)
+  used = 0
+  ids: BigUint64Array | null = null
+  hasIds = false
+  records = 0
+  jobs = 0
+
+  /** Stages a job of one record without ids (the common append). */
+  single(ticket: number, recordType: number, payload: Uint8Array): void {
+    const length = payload.length
+    let flags = 0
+    if (length > MAX_PAYLOAD_BYTES) {
+      flags = FLAG_OVERSIZE
+    } else {
+      if (this.used + length > this.bytes.length) this.#growBytes(length)
+      this.bytes.set(payload, this.used)
+      this.used += length
+    }
+    if (this.words + JOB_WORDS + RECORD_WORDS > this.meta.length) this.#growMeta(JOB_WORDS + RECORD_WORDS)
+    const meta = this.meta
+    const w = this.words
+    meta[w] = ticket
+    meta[w + 1] = 1
+    meta[w + 2] = recordType
+    meta[w + 3] = Math.min(length, U32_MAX)
+    meta[w + 4] = 0
+    meta[w + 5] = flags
+    this.words = w + JOB_WORDS + RECORD_WORDS
+    this.records += 1
+    this.jobs += 1
+  }
+
+  /** Stages a job of any number of records; on failure (out of memory) stages nothing. */
+  job(ticket: number, records: readonly CheckedRecord[]): void {
+    const { words, used, records: count, hasIds } = this
+    try {
+      if (this.words + JOB_WORDS + records.length * RECORD_WORDS > this.meta.length) {
+        this.#growMeta(JOB_WORDS + records.length * RECORD_WORDS)
+      }
+      this.meta[this.words] = ticket
+      this.meta[this.words + 1] = records.length
+      this.words += JOB_WORDS
+      for (const record of records) this.#record(record)
+      this.jobs += 1
+    } catch (error) {
+      this.words = words
+      this.used = used
+      this.records = count
+      this.hasIds = hasIds
+      throw error
+    }
+  }
+
+  /** Whether the tick holds enough to hand over now. */
+  get full(): boolean {
+    return this.used >= STAGE_FLUSH_BYTES || this.words >= STAGE_FLUSH_WORDS
+  }
+
+  /** The tickets of the staged jobs. */
+  tickets(): number[] {
+    const out: number[] = []
+    for (let w = 0; w < this.words; w += JOB_WORDS + (this.meta[w + 1] ?? 0) * RECORD_WORDS) out.push(this.meta[w] ?? 0)
+    return out
+  }
+
+  /** Empties the tick, dropping buffers a large job grew far past their usual size. */
+  reset(): void {
+    this.words = 0
+    this.used = 0
+    this.records = 0
+    this.jobs = 0
+    this.hasIds = false
+    if (this.bytes.length > 2 * STAGE_FLUSH_BYTES) this.bytes = new Uint8Array(STAGE_BYTES)
+    if (this.meta.length > 2 * STAGE_FLUSH_WORDS) this.meta = new Uint32Array(STAGE_WORDS)
+    if (this.ids !== null && this.ids.length > STAGE_FLUSH_WORDS) this.ids = null
+  }
+
+  #record(record: CheckedRecord): void {
+    const { payload, tenantId, databaseId } = record
+    const length = payload.length
+    let flags = 0
+    if (tenantId !== 0n || databaseId !== 0n) {
+      const at = 2 * this.records
+      if (this.ids === null || at + 2 > this.ids.length) this.#growIds(at + 2)
+      const ids = this.ids as BigUint64Array
+      ids[at] = tenantId
+      ids[at + 1] = databaseId
+      this.hasIds = true
+      flags = FLAG_IDS
+    }
+    if (length > MAX_PAYLOAD_BYTES) {
+      flags |= FLAG_OVERSIZE
+    } else {
+      if (this.used + length > this.bytes.length) this.#growBytes(length)
+      this.bytes.set(payload, this.used)
+      this.used += length
+    }
+    const w = this.words
+    this.meta[w] = record.recordType
+    this.meta[w + 1] = Math.min(length, U32_MAX)
+    this.meta[w + 2] = record.vshardId
+    this.meta[w + 3] = flags
+    this.words = w + RECORD_WORDS
+    this.records += 1
+  }
+
+  #growBytes(more: number): void {
+    const next = new Uint8Array(Math.max(2 * this.bytes.length, this.used + more))
+    next.set(this.bytes.subarray(0, this.used))
+    this.bytes = next
+  }
+
+  #growMeta(more: number): void {
+    const next = new Uint32Array(Math.max(2 * this.meta.length, this.words + more))
+    next.set(this.meta.subarray(0, this.words))
+    this.meta = next
+  }
+
+  #growIds(needed: number): void {
+    const next = new BigUint64Array(Math.max(2 * (this.ids?.length ?? 0), needed, 64))
+    if (this.ids !== null) next.set(this.ids)
+    this.ids = next
+  }
+}
+
+type Resolve = (firstLsn: bigint) => void
+type Reject = (error: unknown) => void
+
+/**
+ * The appends of one WAL that wait for the commit thread, in slots indexed by ticket (a
+ * free list reuses them). The native side reports each ticket once, in batches taken when
+ * its threadsafe function calls {@link complete}; that function does not keep the event
+ * loop alive, so this does (a ref'd timer) exactly while a ticket is outstanding.
  */
 class Inflight {
-  readonly #waiters = new Map<number, Waiter>()
-  #lastTicket = 0
+  readonly #resolvers: Array<Resolve | undefined> = []
+  readonly #rejecters: Array<Reject | undefined> = []
+  readonly #free: number[] = []
+  #size = 0
+  /** The ticket {@link add} handed out last. */
+  ticket = 0
   #idle: Array<() => void> = []
   readonly #keepAlive: ReturnType<typeof setInterval>
+  #handle: native.NativeWal | undefined
 
   constructor() {
     this.#keepAlive = setInterval(() => {}, 0x3fff_ffff)
     this.#keepAlive.unref()
   }
 
+  /** The handle whose outcomes {@link complete} takes; set once open returned it. */
+  attach(handle: native.NativeWal): void {
+    this.#handle = handle
+  }
+
   get size(): number {
-    return this.#waiters.size
+    return this.#size
   }
 
-  add(waiter: Waiter): number {
-    do {
-      this.#lastTicket = (this.#lastTicket + 1) >>> 0
-    } while (this.#waiters.has(this.#lastTicket))
-    this.#waiters.set(this.#lastTicket, waiter)
-    if (this.#waiters.size === 1) this.#keepAlive.ref()
-    return this.#lastTicket
+  /** Fills the slot of {@link ticket}: one function for every promise, no closure each. */
+  readonly #executor = (resolve: Resolve, reject: Reject): void => {
+    this.#resolvers[this.ticket] = resolve
+    this.#rejecters[this.ticket] = reject
   }
 
-  /** Called by the binding for every ticket; must never throw. */
-  readonly complete = (ticket: number, firstLsn: bigint | null, error: string | null): void => {
-    const waiter = this.#waiters.get(ticket)
-    if (waiter === undefined) return
-    this.#waiters.delete(ticket)
-    if (error === null && firstLsn !== null) {
-      waiter.resolve(firstLsn)
-    } else {
-      waiter.reject(fromNative(new Error(error ?? '[ERR_IO] the commit thread reported no outcome')))
+  /** Takes a ticket (then in {@link ticket}) and returns the promise its outcome settles. */
+  add(): Promise<bigint> {
+    this.ticket = this.#free.length > 0 ? (this.#free.pop() as number) : this.#resolvers.length
+    const promise = new Promise<bigint>(this.#executor)
+    if (this.#size === 0) this.#keepAlive.ref()
+    this.#size += 1
+    return promise
+  }
+
+  /** Called by the binding when outcomes wait; takes them all. Must never throw. */
+  readonly complete = (): void => {
+    const taken = this.#handle?.takeCompletions() ?? null
+    if (taken === null) return
+    const [tickets, lsns, errors] = taken
+    const resolvers = this.#resolvers
+    const rejecters = this.#rejecters
+    let failures = 0
+    let settled = 0
+    for (let i = 0; i < tickets.length; i++) {
+      const word = tickets[i] as number
+      const failed = word >= TICKET_FAILED
+      const slot = failed ? word - TICKET_FAILED : word
+      const message = failed ? errors?.[failures++] : undefined
+      const resolve = resolvers[slot]
+      const reject = rejecters[slot]
+      if (resolve === undefined || reject === undefined) continue
+      resolvers[slot] = undefined
+      rejecters[slot] = undefined
+      this.#free.push(slot)
+      settled += 1
+      if (failed) reject(fromNative(new Error(message ?? '[ERR_IO] the commit thread reported no outcome')))
+      else resolve(lsns[i] as bigint)
     }
-    if (this.#waiters.size === 0) this.#becameIdle()
+    this.#settled(settled)
   }
 
   fail(ticket: number, error: unknown): void {
-    const waiter = this.#waiters.get(ticket)
-    if (waiter === undefined) return
-    this.#waiters.delete(ticket)
-    waiter.reject(error)
-    if (this.#waiters.size === 0) this.#becameIdle()
+    const reject = this.#rejecters[ticket]
+    if (reject === undefined) return
+    this.#resolvers[ticket] = undefined
+    this.#rejecters[ticket] = undefined
+    this.#free.push(ticket)
+    reject(error)
+    this.#settled(1)
   }
 
   failAll(makeError: () => unknown): void {
-    for (const ticket of [...this.#waiters.keys()]) this.fail(ticket, makeError())
+    for (let ticket = 0; ticket < this.#rejecters.length; ticket++) {
+      if (this.#rejecters[ticket] !== undefined) this.fail(ticket, makeError())
+    }
   }
 
   whenIdle(): Promise<void> {
-    if (this.#waiters.size === 0) return Promise.resolve()
+    if (this.#size === 0) return Promise.resolve()
     return new Promise((resolve) => this.#idle.push(resolve))
   }
 
@@ -994,7 +1188,9 @@ class Inflight {
     clearInterval(this.#keepAlive)
   }
 
-  #becameIdle(): void {
+  #settled(count: number): void {
+    this.#size -= count
+    if (count === 0 || this.#size !== 0) return
     this.#keepAlive.unref()
     const idle = this.#idle
     this.#idle = []
@@ -1020,13 +1216,14 @@ class Inflight {
 export class Wal {
   readonly #handle: native.NativeWal
   readonly #inflight: Inflight
-  /** Appends of the current tick, submitted together in a microtask. */
-  #staged: native.NativeAppendJob[] = []
+  /** Appends of the current tick, handed to the commit thread together in a microtask. */
+  readonly #staging = new Staging()
   #closing: Promise<void> | undefined
 
   private constructor(handle: native.NativeWal, inflight: Inflight) {
     this.#handle = handle
     this.#inflight = inflight
+    inflight.attach(handle)
   }
 
   /**
@@ -1087,13 +1284,27 @@ export class Wal {
    *   `ERR_WAL_CLOSED`, `ERR_WAL_POISONED`, `ERR_NO_SPACE` (no LSN consumed),
    *   `ERR_DWB_UNAVAILABLE`, `ERR_IO`.
    */
-  async append(recordType: number, payload: Uint8Array, options?: AppendOptions): Promise<bigint> {
-    const input = recordInput('', recordType, payload, options)
-    try {
-      return await this.#submit([input])
-    } catch (error) {
-      throw fromNativeAsync(error)
+  append(recordType: number, payload: Uint8Array, options?: AppendOptions): Promise<bigint> {
+    // The common case without ids, checked inline; anything else takes the full checks.
+    if (options === undefined && typeof recordType === 'number' && recordType >>> 0 === recordType && payload instanceof Uint8Array) {
+      const promise = this.#inflight.add()
+      const ticket = this.#inflight.ticket
+      try {
+        this.#staging.single(ticket, recordType, payload)
+      } catch (error) {
+        this.#inflight.fail(ticket, error)
+        return promise
+      }
+      this.#staged()
+      return promise
     }
+    let input: CheckedRecord
+    try {
+      input = recordInput('', recordType, payload, options)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    return this.#stage([input])
   }
 
   /**
@@ -1104,7 +1315,7 @@ export class Wal {
     const inputs = batchInputs(records)
     let first: bigint
     try {
-      first = await this.#submit(inputs)
+      first = await this.#stage(inputs)
     } catch (error) {
       throw fromNativeAsync(error)
     }
@@ -1113,16 +1324,13 @@ export class Wal {
 
   /** {@link append} on the JS thread: returns once the record is durable. */
   appendSync(recordType: number, payload: Uint8Array, options?: AppendOptions): bigint {
-    const input = recordInput('', recordType, payload, options)
-    this.#submitStaged()
-    return call(() => this.#handle.appendBatchSync([input]))
+    return this.#appendNow([recordInput('', recordType, payload, options)])
   }
 
   /** {@link appendBatch} on the JS thread. */
   appendBatchSync(records: readonly RecordInput[]): bigint[] {
     const inputs = batchInputs(records)
-    this.#submitStaged()
-    const first = call(() => this.#handle.appendBatchSync(inputs))
+    const first = this.#appendNow(inputs)
     return inputs.map((_, i) => first + BigInt(i))
   }
 
@@ -1283,24 +1491,50 @@ export class Wal {
     this.#inflight.dispose()
   }
 
-  #submit(records: native.NativeRecordInput[]): Promise<bigint> {
-    return new Promise<bigint>((resolve, reject) => {
-      const ticket = this.#inflight.add({ resolve, reject })
-      this.#staged.push({ ticket, records })
-      if (this.#staged.length === 1) queueMicrotask(this.#submitStaged)
-    })
+  /** Stages the records of one caller; its promise settles with the first LSN. */
+  #stage(records: readonly CheckedRecord[]): Promise<bigint> {
+    const promise = this.#inflight.add()
+    const ticket = this.#inflight.ticket
+    try {
+      this.#staging.job(ticket, records)
+    } catch (error) {
+      this.#inflight.fail(ticket, error)
+      return promise
+    }
+    this.#staged()
+    return promise
+  }
+
+  /** After a job was staged: hand the tick over in a microtask, or now if it is large. */
+  #staged(): void {
+    const staging = this.#staging
+    if (staging.full) this.#submitStaged()
+    else if (staging.jobs === 1) queueMicrotask(this.#submitStaged)
   }
 
   /** Hands the appends of this tick to the commit thread in one native call. */
   readonly #submitStaged = (): void => {
-    const jobs = this.#staged
-    if (jobs.length === 0) return
-    this.#staged = []
+    const staging = this.#staging
+    if (staging.jobs === 0) return
     try {
-      this.#handle.submit(jobs)
+      this.#handle.submitPacked(staging.meta, staging.words, staging.bytes, staging.hasIds ? staging.ids : null)
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error)
-      for (const job of jobs) this.#inflight.fail(job.ticket, fromNative(new Error(message)))
+      for (const ticket of staging.tickets()) this.#inflight.fail(ticket, fromNative(new Error(message)))
+    } finally {
+      staging.reset()
+    }
+  }
+
+  /** Appends one caller's records as one commit on the JS thread, after the staged ones. */
+  #appendNow(records: readonly CheckedRecord[]): bigint {
+    this.#submitStaged()
+    const staging = this.#staging
+    try {
+      staging.job(0, records)
+      return call(() => this.#handle.appendPackedSync(staging.meta, staging.words, staging.bytes, staging.hasIds ? staging.ids : null))
+    } finally {
+      staging.reset()
     }
   }
 
@@ -1322,7 +1556,7 @@ export class Wal {
   }
 }
 
-function batchInputs(records: unknown): native.NativeRecordInput[] {
+function batchInputs(records: unknown): CheckedRecord[] {
   if (!Array.isArray(records)) throw invalidType('records', 'an array of records', records)
   return records.map((record: unknown, i) => {
     const fields = checkOptions(`records[${i}]`, record, true)

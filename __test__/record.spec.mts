@@ -100,11 +100,12 @@ test('bad record input throws TypeError/RangeError with a stable code and never 
   const base = { recordType: RecordType.Put, lsn: 1n, payload }
   // A number where a bigint LSN is expected.
   t.throws(() => WalRecord.create({ ...base, lsn: 1 as unknown as bigint }), coded(TypeError, 'ERR_INVALID_ARG_TYPE'))
-  // Negative, zero (reserved for padding) and above 2^64-1.
+  // Negative, zero (reserved for padding), 2^64-1 (reserved: the LSN after the last) and above.
   t.throws(() => WalRecord.create({ ...base, lsn: -1n }), coded(RangeError, 'ERR_OUT_OF_RANGE'))
   t.throws(() => WalRecord.create({ ...base, lsn: 0n }), coded(RangeError, 'ERR_OUT_OF_RANGE'))
   t.throws(() => WalRecord.create({ ...base, lsn: 2n ** 64n }), coded(RangeError, 'ERR_OUT_OF_RANGE'))
-  t.notThrows(() => WalRecord.create({ ...base, lsn: 2n ** 64n - 1n }))
+  t.throws(() => WalRecord.create({ ...base, lsn: 2n ** 64n - 1n }), coded(RangeError, 'ERR_OUT_OF_RANGE'))
+  t.notThrows(() => WalRecord.create({ ...base, lsn: 2n ** 64n - 2n }))
   // Ids: u64 as bigint, u32 as number.
   t.throws(() => WalRecord.create({ ...base, tenantId: 1 as unknown as bigint }), coded(TypeError, 'ERR_INVALID_ARG_TYPE'))
   t.throws(() => WalRecord.create({ ...base, databaseId: -5n }), coded(RangeError, 'ERR_OUT_OF_RANGE'))

@@ -105,7 +105,7 @@ function buildReport(inspection: binding.NativeDwbInspection, file: string): Ins
       header: {
         magic: head.toString('latin1', 0, 4),
         formatVersion: head.readUInt16LE(4),
-        checksum: head.readUInt32LE(24),
+        checksum: head.readUInt32LE(32),
       },
       geometry,
       copies: {

@@ -76,6 +76,8 @@ impl NativeWalRecord {
             vshard_id,
             database_id,
             payload.to_vec(),
+            None,
+            None,
         )
         .map_err(record_error)?;
         Ok(NativeWalRecord::new(record))

@@ -33,10 +33,49 @@ pub const KEY_BYTES: usize = 32;
 pub const TAG_BYTES: usize = 16;
 const SUBKEY_INFO: &[u8] = b"doublewrite segment key v1";
 
+/// One AES-256 key and its id (1–65535; 0 marks plaintext). Wiped when dropped.
+pub struct EncryptionKey {
+    id: u16,
+    bytes: Zeroizing<[u8; KEY_BYTES]>,
+}
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncryptionKey")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl EncryptionKey {
+    /// # Errors
+    /// [`Error::InvalidOptions`] for id 0.
+    pub fn new(id: u16, bytes: [u8; KEY_BYTES]) -> Result<EncryptionKey> {
+        if id == 0 {
+            return Err(Error::InvalidOptions {
+                detail: "key id 0 is reserved for plaintext records; use ids 1 to 65535".into(),
+            });
+        }
+        Ok(EncryptionKey {
+            id,
+            bytes: Zeroizing::new(bytes),
+        })
+    }
+
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// The cipher of this key for the segment with `preamble`.
+    pub fn segment_cipher(&self, preamble: &SegmentHeader) -> SegmentCipher {
+        SegmentCipher::new(&self.bytes, self.id, preamble)
+    }
+}
+
 /// The keys a WAL may read with, and the one it writes with. Key id 0 is reserved (it
 /// marks a plaintext record).
 pub struct KeyRing {
-    keys: BTreeMap<u16, Zeroizing<[u8; KEY_BYTES]>>,
+    keys: BTreeMap<u16, EncryptionKey>,
     active: u16,
 }
 
@@ -59,12 +98,7 @@ impl KeyRing {
     ) -> Result<KeyRing> {
         let mut ring = BTreeMap::new();
         for (id, key) in keys {
-            if id == 0 {
-                return Err(Error::InvalidOptions {
-                    detail: "key id 0 is reserved for plaintext records; use ids 1 to 65535".into(),
-                });
-            }
-            if ring.insert(id, Zeroizing::new(key)).is_some() {
+            if ring.insert(id, EncryptionKey::new(id, key)?).is_some() {
                 return Err(Error::InvalidOptions {
                     detail: format!("key id {id} is given twice"),
                 });
@@ -97,7 +131,7 @@ impl KeyRing {
             .keys
             .get(&key_id)
             .ok_or(Error::KeyMissing { key_id, lsn })?;
-        Ok(SegmentCipher::new(key, key_id, header))
+        Ok(key.segment_cipher(header))
     }
 }
 

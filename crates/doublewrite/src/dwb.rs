@@ -11,8 +11,9 @@
 //!       12    4 slot_stride_bytes  round_up(FRAME_PREFIX_SIZE + max_record_bytes, block)
 //!       16    4 capacity           slots: the ring holds at least this many max-size records
 //!       20    4 max_record_bytes   largest record (header + payload) a slot holds
-//!       24    4 crc32c             CRC-32C of bytes 0..24
-//!       28    …  zeros to the end of the block
+//!       24    8 salt               random at creation; mixed into every frame's CRC
+//!       32    4 crc32c             CRC-32C of bytes 0..32
+//!       36    …  zeros to the end of the block
 //! ring   = capacity × slot_stride bytes of frames. A flush writes its frames back to back
 //!          starting on a block boundary (wrapping to the ring start when they do not fit
 //!          before its end); the next flush starts on the next block boundary.
@@ -22,7 +23,7 @@
 //!        4    4 record_len         bytes of the record that follows
 //!        8    8 seq                grows by one with every frame written, across reopens
 //!       16    4 reserved           0
-//!       20    4 crc32c             CRC-32C of bytes 0..20
+//!       20    4 crc32c             CRC-32C of the salt (8 bytes LE) followed by bytes 0..20
 //! ```
 //!
 //! A copy is returned only if its prefix CRC and its record CRC both verify; among valid
@@ -48,7 +49,7 @@ pub const DWB_FORMAT_VERSION: u16 = 1;
 /// Size of the checksummed prefix in front of every record copy.
 pub const FRAME_PREFIX_SIZE: usize = 24;
 /// Bytes of the file header that carry fields (the rest of its block is zeros).
-const HEADER_FIELDS_SIZE: usize = 28;
+const HEADER_FIELDS_SIZE: usize = 36;
 pub const DEFAULT_CAPACITY: u32 = 64;
 pub const DEFAULT_MAX_RECORD_BYTES: u32 = 64 * 1024;
 /// Largest capacity accepted, so a typo cannot ask for a terabyte file.
@@ -157,10 +158,13 @@ pub struct Geometry {
     pub slot_stride_bytes: u32,
     pub capacity: u32,
     pub max_record_bytes: u32,
+    /// Random per file, mixed into every frame's CRC: bytes that merely look like a frame
+    /// (a record payload that embeds one, copied into the ring) never verify.
+    pub salt: u64,
 }
 
 impl Geometry {
-    fn new(block_size_bytes: u32, capacity: u32, max_record_bytes: u32) -> Geometry {
+    fn new(block_size_bytes: u32, capacity: u32, max_record_bytes: u32, salt: u64) -> Geometry {
         let stride = round_up(
             (FRAME_PREFIX_SIZE as u64) + u64::from(max_record_bytes),
             u64::from(block_size_bytes),
@@ -170,6 +174,7 @@ impl Geometry {
             slot_stride_bytes: stride as u32,
             capacity,
             max_record_bytes,
+            salt,
         }
     }
     /// Offset of the ring: the header takes the first block.
@@ -196,8 +201,9 @@ impl Geometry {
         out[12..16].copy_from_slice(&self.slot_stride_bytes.to_le_bytes());
         out[16..20].copy_from_slice(&self.capacity.to_le_bytes());
         out[20..24].copy_from_slice(&self.max_record_bytes.to_le_bytes());
-        let crc = crc32c::crc32c(&out[..24]);
-        out[24..28].copy_from_slice(&crc.to_le_bytes());
+        out[24..32].copy_from_slice(&self.salt.to_le_bytes());
+        let crc = crc32c::crc32c(&out[..32]);
+        out[32..36].copy_from_slice(&crc.to_le_bytes());
         out
     }
 
@@ -214,8 +220,8 @@ impl Geometry {
                 &bytes[0..4]
             ));
         }
-        let stored_crc = read_u32(bytes, 24);
-        let actual_crc = crc32c::crc32c(&bytes[..24]);
+        let stored_crc = read_u32(bytes, 32);
+        let actual_crc = crc32c::crc32c(&bytes[..32]);
         if stored_crc != actual_crc {
             return Err(format!(
                 "header checksum mismatch (stored {stored_crc:#010x}, computed {actual_crc:#010x})"
@@ -232,6 +238,7 @@ impl Geometry {
             slot_stride_bytes: read_u32(bytes, 12),
             capacity: read_u32(bytes, 16),
             max_record_bytes: read_u32(bytes, 20),
+            salt: read_u64(bytes, 24),
         };
         // Ranges first: the expected geometry is computed only from sane values.
         let sane = geometry.block_size_bytes.is_power_of_two()
@@ -243,6 +250,7 @@ impl Geometry {
                 geometry.block_size_bytes,
                 geometry.capacity,
                 geometry.max_record_bytes,
+                geometry.salt,
             ) == geometry;
         if !sane {
             return Err(format!("header holds an impossible geometry {geometry:?}"));
@@ -638,7 +646,7 @@ impl DoubleWriteBuffer {
         }
         let first_seq = ring.next_seq;
         for (i, &(_, at, record_len)) in entries.iter().enumerate() {
-            let prefix = encode_frame_prefix(record_len, first_seq + i as u64);
+            let prefix = encode_frame_prefix(record_len, first_seq + i as u64, self.geometry.salt);
             frames.as_mut_slice()[at..at + FRAME_PREFIX_SIZE].copy_from_slice(&prefix);
         }
         ring.next_seq += entries.len() as u64;
@@ -747,7 +755,7 @@ impl DoubleWriteBuffer {
             self.mode == DwbMode::Direct,
             self.geometry.block_size_bytes as usize,
         )?;
-        match parse_frame_prefix(&bytes, self.geometry.max_record_bytes) {
+        match parse_frame_prefix(&bytes, &self.geometry) {
             Some((record_len, seq)) if seq == frame.seq && record_len == frame.record_len => {
                 Ok(Some(bytes[FRAME_PREFIX_SIZE..].to_vec()))
             }
@@ -830,6 +838,7 @@ fn create_file(vfs: &dyn Vfs, path: &Path, options: &DwbOptions) -> Result<()> {
         block,
         options.capacity.unwrap_or(DEFAULT_CAPACITY),
         options.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES),
+        crate::wal::segment::random_u64(),
     );
     let total = geometry.file_bytes();
     let chunk_len = (SCAN_CHUNK_BYTES as u64).min(total) as usize;
@@ -903,23 +912,28 @@ fn check_geometry_matches(path: &Path, geometry: &Geometry, options: &DwbOptions
     Ok(())
 }
 
-fn encode_frame_prefix(record_len: u32, seq: u64) -> [u8; FRAME_PREFIX_SIZE] {
+fn frame_crc(salt: u64, prefix: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&salt.to_le_bytes()), &prefix[..20])
+}
+
+fn encode_frame_prefix(record_len: u32, seq: u64, salt: u64) -> [u8; FRAME_PREFIX_SIZE] {
     let mut out = [0u8; FRAME_PREFIX_SIZE];
     out[0..4].copy_from_slice(&FRAME_MAGIC);
     out[4..8].copy_from_slice(&record_len.to_le_bytes());
     out[8..16].copy_from_slice(&seq.to_le_bytes());
-    let crc = crc32c::crc32c(&out[..20]);
+    let crc = frame_crc(salt, &out);
     out[20..24].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
 /// `(record_len, seq)` of a valid prefix at the start of `bytes`.
-fn parse_frame_prefix(bytes: &[u8], max_record_bytes: u32) -> Option<(u32, u64)> {
+fn parse_frame_prefix(bytes: &[u8], geometry: &Geometry) -> Option<(u32, u64)> {
+    let max_record_bytes = geometry.max_record_bytes;
     let prefix = bytes.get(..FRAME_PREFIX_SIZE)?;
     if prefix[0..4] != FRAME_MAGIC {
         return None;
     }
-    if crc32c::crc32c(&prefix[..20]) != read_u32(prefix, 20) {
+    if frame_crc(geometry.salt, prefix) != read_u32(prefix, 20) {
         return None;
     }
     if read_u32(prefix, 16) != 0 {
@@ -1015,8 +1029,7 @@ fn scan_ring(
         let mut pos = block_pos;
         while pos + head_len as u64 <= ring_bytes && !found.contains_key(&pos) {
             let head = reader.bytes_at(pos, head_len)?;
-            let Some((record_len, seq)) = parse_frame_prefix(head, geometry.max_record_bytes)
-            else {
+            let Some((record_len, seq)) = parse_frame_prefix(head, geometry) else {
                 break;
             };
             let frame_end = pos + (FRAME_PREFIX_SIZE as u64) + u64::from(record_len);

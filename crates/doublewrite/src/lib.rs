@@ -18,7 +18,7 @@ pub mod io;
 pub mod record;
 pub mod wal;
 
-pub use crypto::KeyRing;
+pub use crypto::{EncryptionKey, KeyRing};
 pub use dwb::{
     dwb_bytes_written_total, DoubleWriteBuffer, DwbMirror, DwbMode, DwbOptions, Geometry,
     SkipReason,

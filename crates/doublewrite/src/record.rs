@@ -268,9 +268,9 @@ impl RecordHeader {
             return Err(RecordError::InvalidHeader {
                 detail: "LSN beyond the largest one a record may have",
             });
-        } else if header.commit_lsn > header.lsn {
+        } else if header.commit_lsn == 0 || header.commit_lsn > header.lsn {
             return Err(RecordError::InvalidHeader {
-                detail: "commit LSN is above the record's own LSN",
+                detail: "commit LSN is 0 or above the record's own LSN",
             });
         }
         Ok(header)
@@ -307,11 +307,16 @@ impl fmt::Debug for WalRecord {
 }
 
 impl WalRecord {
-    /// Builds a record written on its own (its commit LSN is its own LSN).
+    /// Builds a record written on its own (its commit LSN is its own LSN). With `key`, the
+    /// payload is sealed with AES-256-GCM for the segment whose header is `preamble` (see
+    /// [`crate::crypto`]): the encrypted bit and the key id are set, and the CRC covers
+    /// the ciphertext.
     ///
     /// # Errors
     /// [`RecordError::PayloadTooLarge`] above 64 MiB; [`RecordError::ReservedRecordType`]
-    /// when the encrypted or internal bit is set; [`RecordError::InvalidHeader`] for LSN 0.
+    /// when the encrypted or internal bit is set; [`RecordError::InvalidHeader`] for LSN 0,
+    /// or a key without the preamble.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         record_type: u32,
         lsn: u64,
@@ -319,16 +324,67 @@ impl WalRecord {
         vshard_id: u32,
         database_id: u64,
         payload: Vec<u8>,
+        key: Option<&crate::crypto::EncryptionKey>,
+        preamble: Option<&crate::wal::segment::SegmentHeader>,
     ) -> Result<WalRecord, RecordError> {
-        WalRecord::with_commit_lsn(
-            record_type,
+        let Some(key) = key else {
+            return WalRecord::with_commit_lsn(
+                record_type,
+                lsn,
+                lsn,
+                tenant_id,
+                vshard_id,
+                database_id,
+                payload,
+            );
+        };
+        let Some(preamble) = preamble else {
+            return Err(RecordError::InvalidHeader {
+                detail: "an encrypted record needs the header (preamble) of the segment it is written into",
+            });
+        };
+        check_user_record(record_type, lsn, payload.len())?;
+        let mut header = RecordHeader {
+            record_type: record_type | ENCRYPTED_FLAG,
+            key_id: key.id(),
             lsn,
-            lsn,
+            commit_lsn: lsn,
             tenant_id,
             vshard_id,
             database_id,
-            payload,
-        )
+            payload_len: 0,
+            crc: 0,
+        };
+        let sealed = key.segment_cipher(preamble).seal(&header, &payload);
+        header.payload_len = sealed.len() as u32;
+        header.crc = header.compute_crc(&sealed);
+        Ok(WalRecord {
+            header,
+            payload: sealed,
+        })
+    }
+
+    /// The plaintext of an encrypted record (the payload itself when it is not).
+    ///
+    /// # Errors
+    /// `ERR_WAL_KEY_MISSING` when `key` has another id; `ERR_WAL_DECRYPT` when the tag
+    /// does not verify.
+    pub fn decrypt_payload(
+        &self,
+        key: &crate::crypto::EncryptionKey,
+        preamble: &crate::wal::segment::SegmentHeader,
+    ) -> crate::Result<Vec<u8>> {
+        if self.header.record_type & ENCRYPTED_FLAG == 0 {
+            return Ok(self.payload.clone());
+        }
+        if key.id() != self.header.key_id {
+            return Err(crate::Error::KeyMissing {
+                key_id: self.header.key_id,
+                lsn: self.header.lsn,
+            });
+        }
+        key.segment_cipher(preamble)
+            .open(&self.header, &self.payload)
     }
 
     /// Builds a record that is part of a commit whose first record has `commit_lsn`.
@@ -553,7 +609,7 @@ mod tests {
     use super::*;
 
     fn sample(lsn: u64, payload: &[u8]) -> WalRecord {
-        WalRecord::new(RecordType::PUT, lsn, 7, 3, 9, payload.to_vec()).unwrap()
+        WalRecord::new(RecordType::PUT, lsn, 7, 3, 9, payload.to_vec(), None, None).unwrap()
     }
 
     #[test]
@@ -593,23 +649,42 @@ mod tests {
 
     #[test]
     fn payload_over_64_mib_is_refused() {
-        let err =
-            WalRecord::new(RecordType::PUT, 1, 0, 0, 0, vec![0; 64 * 1024 * 1024 + 1]).unwrap_err();
+        let err = WalRecord::new(
+            RecordType::PUT,
+            1,
+            0,
+            0,
+            0,
+            vec![0; 64 * 1024 * 1024 + 1],
+            None,
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(err, RecordError::PayloadTooLarge { .. }));
         assert_eq!(err.code(), "ERR_RECORD_TOO_LARGE");
-        WalRecord::new(RecordType::PUT, 1, 0, 0, 0, vec![0; 64 * 1024 * 1024]).unwrap();
+        WalRecord::new(
+            RecordType::PUT,
+            1,
+            0,
+            0,
+            0,
+            vec![0; 64 * 1024 * 1024],
+            None,
+            None,
+        )
+        .unwrap();
     }
 
     #[test]
     fn reserved_type_bits_and_lsn_zero_are_refused() {
         for t in [ENCRYPTED_FLAG, INTERNAL_FLAG | 5, PADDING_RECORD_TYPE] {
             assert!(matches!(
-                WalRecord::new(t, 1, 0, 0, 0, vec![]),
+                WalRecord::new(t, 1, 0, 0, 0, vec![], None, None),
                 Err(RecordError::ReservedRecordType { .. })
             ));
         }
         assert!(matches!(
-            WalRecord::new(RecordType::PUT, 0, 0, 0, 0, vec![]),
+            WalRecord::new(RecordType::PUT, 0, 0, 0, 0, vec![], None, None),
             Err(RecordError::InvalidHeader { .. })
         ));
     }
@@ -669,6 +744,64 @@ mod tests {
             assert!(header.is_internal());
             assert_eq!(header.commit_lsn, 17);
         }
+    }
+
+    #[test]
+    fn new_with_a_key_seals_the_payload_for_its_segment() {
+        use crate::crypto::EncryptionKey;
+        use crate::wal::segment::SegmentHeader;
+        let key = EncryptionKey::new(3, [7; 32]).unwrap();
+        let preamble = SegmentHeader {
+            block_size_bytes: 4096,
+            first_lsn: 10,
+            epoch: 0xFEED,
+            cipher: 1,
+        };
+        let record = WalRecord::new(
+            RecordType::PUT,
+            12,
+            1,
+            2,
+            3,
+            b"secret".to_vec(),
+            Some(&key),
+            Some(&preamble),
+        )
+        .unwrap();
+        assert_eq!(record.record_type(), RecordType::PUT | ENCRYPTED_FLAG);
+        assert_eq!(record.header().key_id, 3);
+        assert_eq!(record.payload().len(), 6 + 16);
+        assert!(!record.payload().windows(6).any(|w| w == b"secret"));
+        record.verify_checksum().unwrap();
+        let decoded = WalRecord::decode(&record.encode()).unwrap();
+        assert_eq!(decoded.decrypt_payload(&key, &preamble).unwrap(), b"secret");
+        // Another segment (another preamble) or another key does not open it.
+        let other = SegmentHeader {
+            epoch: 0xBEEF,
+            ..preamble
+        };
+        assert_eq!(
+            decoded.decrypt_payload(&key, &other).unwrap_err().code(),
+            "ERR_WAL_DECRYPT"
+        );
+        let wrong = EncryptionKey::new(3, [8; 32]).unwrap();
+        assert_eq!(
+            decoded
+                .decrypt_payload(&wrong, &preamble)
+                .unwrap_err()
+                .code(),
+            "ERR_WAL_DECRYPT"
+        );
+        let missing = EncryptionKey::new(4, [7; 32]).unwrap();
+        assert_eq!(
+            decoded
+                .decrypt_payload(&missing, &preamble)
+                .unwrap_err()
+                .code(),
+            "ERR_WAL_KEY_MISSING"
+        );
+        // A key needs the preamble.
+        assert!(WalRecord::new(RecordType::PUT, 12, 0, 0, 0, vec![], Some(&key), None).is_err());
     }
 
     #[test]

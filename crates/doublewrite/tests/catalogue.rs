@@ -329,10 +329,10 @@ fn plausible_header_after_the_tail_is_erased(env: &Env) {
     let end = offset + len as u64;
     // A whole valid-looking record with a wrong LSN, then a header with the right magic
     // and the expected LSN but a bad CRC: neither is the next record.
-    let stray = WalRecord::new(RecordType::PUT, N + 7, 0, 0, 0, vec![1; 40])
+    let stray = WalRecord::new(RecordType::PUT, N + 7, 0, 0, 0, vec![1; 40], None, None)
         .unwrap()
         .encode();
-    let mut plausible = WalRecord::new(RecordType::PUT, N + 1, 0, 0, 0, vec![2; 40])
+    let mut plausible = WalRecord::new(RecordType::PUT, N + 1, 0, 0, 0, vec![2; 40], None, None)
         .unwrap()
         .encode();
     plausible[HEADER_SIZE + 3] ^= 0xFF;

@@ -270,7 +270,7 @@ fn dwb_seeds_gen() -> Vec<(&'static str, Vec<u8>)> {
         .unwrap()
     };
     let rec = |lsn: u64, len: usize| {
-        WalRecord::new(RecordType::PUT, lsn, 1, 2, 3, payload(lsn, len)).unwrap()
+        WalRecord::new(RecordType::PUT, lsn, 1, 2, 3, payload(lsn, len), None, None).unwrap()
     };
     let mut out = Vec::new();
 
@@ -543,9 +543,9 @@ fn the_checksum_fixups_match_the_library() {
     // Zeroing every CRC of real files and fixing them gives the files back.
     let dwb = std::fs::read(seeds_dir(Target::DwbFile).join("wrapped_with_duplicate")).unwrap();
     let mut damaged = dwb.clone();
-    damaged[24..28].fill(0);
+    damaged[32..36].fill(0);
     checks::fix_dwb_crcs(&mut damaged);
-    assert_eq!(damaged[..28], dwb[..28]);
+    assert_eq!(damaged[..36], dwb[..36]);
     let mut same = dwb.clone();
     checks::fix_dwb_crcs(&mut same);
     assert!(same == dwb, "fixing a valid DWB changes it");
@@ -749,7 +749,7 @@ fn finding_5_frame_seq_at_u64_max_does_not_overflow() {
         },
     )
     .unwrap();
-    let record = WalRecord::new(RecordType::PUT, 1, 0, 0, 0, payload(1, 10)).unwrap();
+    let record = WalRecord::new(RecordType::PUT, 1, 0, 0, 0, payload(1, 10), None, None).unwrap();
     let _ = dwb.write_record(&record).unwrap();
     drop(dwb);
     let mut bytes = small.read_file(path).unwrap();
@@ -874,10 +874,20 @@ fn finding_8_unreachable_dwb_frame_never_becomes_a_record() {
         },
     )
     .unwrap();
-    let ghost = WalRecord::new(RecordType::PUT, 2, 0, 0, 0, b"never appended".to_vec()).unwrap();
+    let ghost = WalRecord::new(
+        RecordType::PUT,
+        2,
+        0,
+        0,
+        0,
+        b"never appended".to_vec(),
+        None,
+        None,
+    )
+    .unwrap();
     let _ = dwb
         .write_record_deferred(
-            &WalRecord::new(RecordType::PUT, 1, 0, 0, 0, payload(1, 100)).unwrap(),
+            &WalRecord::new(RecordType::PUT, 1, 0, 0, 0, payload(1, 100), None, None).unwrap(),
         )
         .unwrap();
     let _ = dwb.write_record_deferred(&ghost).unwrap();

@@ -913,11 +913,12 @@ pub fn fix_segment_crcs(bytes: &mut [u8]) {
 /// Fixes a DWB's header CRC (bytes 24..28) and, from every block boundary of the ring,
 /// the chain of frames there: each frame prefix CRC (bytes 20..24) and record CRC.
 pub fn fix_dwb_crcs(bytes: &mut [u8]) {
-    if bytes.len() < 28 {
+    if bytes.len() < 36 {
         return;
     }
-    let crc = crc32c(&bytes[..24]);
-    put_crc(bytes, 24, crc);
+    let crc = crc32c(&bytes[..32]);
+    put_crc(bytes, 32, crc);
+    let salt = u64::from_le_bytes(bytes[24..32].try_into().expect("8 bytes"));
     let block = le_u32(bytes, 8).unwrap_or(0) as usize;
     if !block.is_power_of_two() || block < 512 {
         return;
@@ -926,7 +927,9 @@ pub fn fix_dwb_crcs(bytes: &mut [u8]) {
     while start < bytes.len() {
         let mut pos = start;
         while pos + 24 <= bytes.len() && bytes[pos..pos + 4] == *b"DWFR" {
-            let crc = crc32c(&bytes[pos..pos + 20]);
+            let mut salted = salt.to_le_bytes().to_vec();
+            salted.extend_from_slice(&bytes[pos..pos + 20]);
+            let crc = crc32c(&salted);
             put_crc(bytes, pos + 20, crc);
             let len = le_u32(bytes, pos + 4).unwrap_or(0) as usize;
             let record = pos + 24;

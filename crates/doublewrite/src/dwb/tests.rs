@@ -75,7 +75,7 @@ fn mirrored(outcome: Result<DwbMirror>) {
 }
 
 fn rec(lsn: u64, payload: &[u8]) -> WalRecord {
-    WalRecord::new(RecordType::PUT, lsn, 1, 2, 3, payload.to_vec()).unwrap()
+    WalRecord::new(RecordType::PUT, lsn, 1, 2, 3, payload.to_vec(), None, None).unwrap()
 }
 
 /// A record whose encoded size is exactly `len` bytes.
@@ -134,6 +134,7 @@ both!(
     directory_path_is_refused,
     direct_mode_writes_only_padded_blocks,
     invalid_encoded_copy_is_refused,
+    a_payload_embedding_a_frame_is_not_a_copy,
 );
 
 fn write_and_recover(env: &Env) {
@@ -622,4 +623,42 @@ fn staging_while_flushing_loses_nothing() {
             &lsn.to_le_bytes()
         );
     }
+}
+
+/// A record's payload is copied into the ring byte for byte; one crafted to hold a
+/// well-formed frame (here for LSN 999, with a huge sequence number so it would win) at a
+/// block boundary must not be indexed as a copy: without the file's random salt its
+/// checksum cannot be right.
+fn a_payload_embedding_a_frame_is_not_a_copy(env: &Env) {
+    let dwb = env.buffered();
+    let block = dwb.geometry().block_size_bytes as usize;
+    let forged_record = rec(999, b"injected by a tenant").encode();
+    let mut payload = vec![0x41u8; block - FRAME_PREFIX_SIZE - HEADER_SIZE];
+    for salt_guess in [None, Some(0u64)] {
+        let mut prefix = [0u8; FRAME_PREFIX_SIZE];
+        prefix[0..4].copy_from_slice(&FRAME_MAGIC);
+        prefix[4..8].copy_from_slice(&(forged_record.len() as u32).to_le_bytes());
+        prefix[8..16].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        let crc = match salt_guess {
+            None => crc32c::crc32c(&prefix[..20]),
+            Some(salt) => crc32c::crc32c_append(crc32c::crc32c(&salt.to_le_bytes()), &prefix[..20]),
+        };
+        prefix[20..24].copy_from_slice(&crc.to_le_bytes());
+        payload.extend_from_slice(&prefix);
+        payload.extend_from_slice(&forged_record);
+        payload.resize(
+            payload.len().next_multiple_of(block) - FRAME_PREFIX_SIZE - HEADER_SIZE,
+            0x41,
+        );
+    }
+    mirrored(dwb.write_record(&rec(1, &payload)));
+    drop(dwb);
+    let dwb = env.buffered();
+    assert!(dwb.recover_record(1).unwrap().is_some());
+    assert_eq!(
+        dwb.recover_record(999).unwrap(),
+        None,
+        "a forged frame was taken as a copy"
+    );
+    assert_eq!(dwb.indexed_lsns(), vec![1]);
 }
