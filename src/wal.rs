@@ -1,11 +1,18 @@
 //! The write-ahead log (mirrors the `wal` section of `index.ts`).
 //!
-//! Appends never block the JS thread and never hold a libuv pool thread: `submit` hands
-//! each caller's records to the core's commit thread (`Wal::submit_append`), and the
-//! commit thread reports every outcome through ONE weak threadsafe function created at
-//! open, as `(ticket, firstLsn, null)` or `(ticket, null, "[ERR_CODE] message")`. The
-//! TS layer maps tickets back to promises and keeps the event loop alive while any are
-//! outstanding (the threadsafe function itself never does).
+//! Appends never block the JS thread and never hold a libuv pool thread. The TS layer
+//! packs the appends of one tick into typed arrays (see [`unpack`]) and hands them over
+//! in ONE `submitPacked` call, which copies each payload once into the core's
+//! [`RecordInput`]s and queues every caller's job for the commit thread.
+//!
+//! Outcomes come back in batches: the commit thread puts each one into the WAL's outbox,
+//! and the one that finds the outbox empty schedules a call of ONE weak threadsafe
+//! function created at open (no arguments). JS then takes everything waiting by then with
+//! one `takeCompletions` call, as typed arrays copied into JS-owned memory (no external
+//! buffers: Electron forbids them). So the JS thread runs once per batch of outcomes, not
+//! once per append, and the appenders it resumes re-append in one tick, i.e. one
+//! `submitPacked`. The TS layer maps tickets back to promises and keeps the event loop
+//! alive while any are outstanding (the threadsafe function itself never does).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,18 +21,22 @@ use std::path::Path;
 
 use doublewrite::crypto::KEY_BYTES;
 use doublewrite::io::StdVfs;
+use doublewrite::record::MAX_PAYLOAD_BYTES;
+use doublewrite::wal::AppendCallback;
 use doublewrite::{
-    DwbMode, KeyRing, Protection, RecordInput, Replay, TailProtection, Wal, WalOptions, WalRecord,
+    DwbMode, KeyRing, Protection, RecordError, RecordInput, Replay, TailProtection, Wal,
+    WalOptions, WalRecord,
 };
-use napi::bindgen_prelude::{AsyncTask, BigInt, FnArgs, Function, Uint8Array};
+use napi::bindgen_prelude::{
+    AsyncTask, BigInt, BigUint64ArraySlice, Function, Uint32ArraySlice, Uint8Array, Uint8ArraySlice,
+};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Result, Status, Task};
 use napi_derive::napi;
 
 use crate::dwb::parse_mode;
 use crate::error::{
-    coded, optional_u64, to_napi_error, u64_from_bigint, IntoNapi, ERR_INVALID_ARG_VALUE,
-    ERR_OUT_OF_RANGE,
+    coded, to_napi_error, u64_from_bigint, IntoNapi, ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE,
 };
 use crate::record::NativeWalRecord;
 
@@ -77,12 +88,15 @@ fn key_ring(encryption: &Option<NativeEncryption>) -> Result<Option<KeyRing>> {
     };
     let mut keys = Vec::with_capacity(encryption.keys.len());
     for entry in &encryption.keys {
-        let id = u16::try_from(entry.id).ok().filter(|id| *id != 0).ok_or_else(|| {
-            coded(
-                ERR_OUT_OF_RANGE,
-                format!("key id {} is outside 1..=65535", entry.id),
-            )
-        })?;
+        let id = u16::try_from(entry.id)
+            .ok()
+            .filter(|id| *id != 0)
+            .ok_or_else(|| {
+                coded(
+                    ERR_OUT_OF_RANGE,
+                    format!("key id {} is outside 1..=65535", entry.id),
+                )
+            })?;
         let bytes: [u8; KEY_BYTES] = entry.key.as_ref().try_into().map_err(|_| {
             coded(
                 ERR_INVALID_ARG_VALUE,
@@ -96,23 +110,6 @@ fn key_ring(encryption: &Option<NativeEncryption>) -> Result<Option<KeyRing>> {
     }
     let active = u16::try_from(encryption.active_key_id).unwrap_or(0);
     KeyRing::new(keys, active).map(Some).into_napi()
-}
-
-/// One record to append.
-#[napi(object)]
-pub struct NativeRecordInput {
-    pub record_type: u32,
-    pub payload: Uint8Array,
-    pub tenant_id: Option<BigInt>,
-    pub vshard_id: Option<u32>,
-    pub database_id: Option<BigInt>,
-}
-
-/// The records of one caller: they get consecutive LSNs in one commit and one outcome.
-#[napi(object)]
-pub struct NativeAppendJob {
-    pub ticket: u32,
-    pub records: Vec<NativeRecordInput>,
 }
 
 #[napi(object)]
@@ -147,22 +144,75 @@ pub struct NativeProtectionStatus {
     pub unprotected_records: BigInt,
 }
 
-/// What the commit thread reports for one ticket: the first LSN or an encoded error.
-pub struct Completion {
-    ticket: u32,
-    outcome: std::result::Result<u64, String>,
+/// Bit 31 of a ticket handed back by `takeCompletions`: the job failed. Tickets themselves
+/// stay below it.
+const TICKET_FAILED: u32 = 1 << 31;
+
+/// Outcomes the commit thread reported and JS has not taken yet, in report order.
+#[derive(Default)]
+struct Outbox {
+    /// Tickets, with [`TICKET_FAILED`] set on failures.
+    tickets: Vec<u32>,
+    /// First LSN of each ticket (0 for a failure).
+    lsns: Vec<u64>,
+    /// The `[ERR_CODE] message` of each failure, in order.
+    errors: Vec<String>,
 }
 
-type CompletionArgs = FnArgs<(u32, Option<u64>, Option<String>)>;
-type CompletionFn = ThreadsafeFunction<Completion, (), CompletionArgs, Status, false, true>;
+/// What `takeCompletions` hands JS: `[tickets, lsns, errors]`.
+type TakenCompletions<'env> = (
+    Uint32ArraySlice<'env>,
+    BigUint64ArraySlice<'env>,
+    Option<Vec<String>>,
+);
+
+fn lock_outbox(outbox: &Mutex<Outbox>) -> MutexGuard<'_, Outbox> {
+    outbox
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The threadsafe function that tells JS to take the outbox, and the outbox.
+pub struct CompletionFn {
+    notify: ThreadsafeFunction<(), (), (), Status, false, true>,
+    outbox: Arc<Mutex<Outbox>>,
+}
 
 fn deliver(completions: &CompletionFn, ticket: u32, outcome: std::result::Result<u64, String>) {
+    let first = {
+        let mut outbox = lock_outbox(&completions.outbox);
+        let first = outbox.tickets.is_empty();
+        match outcome {
+            Ok(lsn) => {
+                outbox.tickets.push(ticket);
+                outbox.lsns.push(lsn);
+            }
+            Err(message) => {
+                outbox.tickets.push(ticket | TICKET_FAILED);
+                outbox.lsns.push(0);
+                outbox.errors.push(message);
+            }
+        }
+        first
+    };
+    // Only the outcome that finds the outbox empty schedules a call: JS takes everything
+    // queued by the time it runs, and the next outcome finds the outbox empty again.
     // Non-blocking on an unbounded queue never waits. It fails only when the JS
     // environment is shutting down, and then nobody is left to tell.
-    let _ = completions.call(
-        Completion { ticket, outcome },
-        ThreadsafeFunctionCallMode::NonBlocking,
-    );
+    if first {
+        let _ = completions
+            .notify
+            .call((), ThreadsafeFunctionCallMode::NonBlocking);
+    }
+}
+
+/// The callback of one job: reports its outcome under `ticket`.
+fn job_callback(completions: &Arc<CompletionFn>, ticket: u32) -> AppendCallback {
+    let completions = completions.clone();
+    Box::new(move |result| {
+        let outcome = result.map_err(|e| to_napi_error(e).reason);
+        deliver(&completions, ticket, outcome);
+    })
 }
 
 fn size_option(name: &str, value: Option<f64>) -> Result<Option<u64>> {
@@ -222,19 +272,103 @@ fn wal_options(options: &WalOpenOptions) -> Result<(WalOptions, Option<KeyRing>)
     Ok((options, keys))
 }
 
-fn record_inputs(records: Vec<NativeRecordInput>) -> Result<Vec<RecordInput>> {
-    records
-        .into_iter()
-        .map(|r| {
-            Ok(RecordInput {
-                record_type: r.record_type,
-                payload: r.payload.to_vec(),
-                tenant_id: optional_u64("tenantId", &r.tenant_id)?,
-                vshard_id: r.vshard_id.unwrap_or(0),
-                database_id: optional_u64("databaseId", &r.database_id)?,
-            })
-        })
-        .collect()
+/// Words of a job header in the packed metadata: ticket, record count.
+const JOB_WORDS: usize = 2;
+/// Words of a record in the packed metadata: record type, payload length, vshard id, flags.
+const RECORD_WORDS: usize = 4;
+/// Record flag: the record's tenant and database ids are `ids[2 * i]` and `ids[2 * i + 1]`
+/// (`i`: the record's index among all the records of the call); without it both are 0.
+const FLAG_IDS: u32 = 1;
+/// Record flag: the payload is larger than a record can be and its bytes were not packed;
+/// the length word holds its size (capped at `u32::MAX`).
+const FLAG_OVERSIZE: u32 = 2;
+
+/// The records of one caller, or the error that rejects them before they are queued.
+struct PackedJob {
+    ticket: u32,
+    records: doublewrite::Result<Vec<RecordInput>>,
+}
+
+fn malformed(what: &str) -> napi::Error {
+    coded(
+        ERR_INVALID_ARG_VALUE,
+        format!("malformed packed appends: {what}"),
+    )
+}
+
+/// Unpacks the appends the TS layer packed for one native call (`Staging` in `index.ts`):
+/// `meta` holds, per job, `[ticket, recordCount]` then `[recordType, payloadLength,
+/// vshardId, flags]` per record; the payloads follow each other in `payloads`, in
+/// record order; `ids` holds two ids per record (see [`FLAG_IDS`]) when any is set.
+/// Every payload is copied once, into its [`RecordInput`]. Fails (and nothing is queued)
+/// on metadata that does not add up.
+fn unpack(meta: &[u32], payloads: &[u8], ids: Option<&[u64]>) -> Result<Vec<PackedJob>> {
+    let mut jobs = Vec::new();
+    let mut word = 0;
+    let mut offset = 0;
+    let mut index = 0;
+    while word < meta.len() {
+        let Some(&[ticket, count]) = meta.get(word..word + JOB_WORDS) else {
+            return Err(malformed("a job header is cut short"));
+        };
+        word += JOB_WORDS;
+        let count = count as usize;
+        if count > (meta.len() - word) / RECORD_WORDS {
+            return Err(malformed("a job has more records than the metadata holds"));
+        }
+        let mut records = Vec::with_capacity(count);
+        let mut oversize = None;
+        for _ in 0..count {
+            let Some(&[record_type, length, vshard_id, flags]) =
+                meta.get(word..word + RECORD_WORDS)
+            else {
+                return Err(malformed("a record is cut short"));
+            };
+            word += RECORD_WORDS;
+            let (tenant_id, database_id) = if flags & FLAG_IDS != 0 {
+                match ids.and_then(|ids| ids.get(2 * index..2 * index + 2)) {
+                    Some(&[tenant, database]) => (tenant, database),
+                    _ => return Err(malformed("the ids of a record are missing")),
+                }
+            } else {
+                (0, 0)
+            };
+            index += 1;
+            if flags & FLAG_OVERSIZE != 0 {
+                oversize.get_or_insert(u64::from(length));
+                continue;
+            }
+            let end = offset + length as usize;
+            let Some(payload) = payloads.get(offset..end) else {
+                return Err(malformed("a payload runs past the packed bytes"));
+            };
+            offset = end;
+            records.push(RecordInput {
+                record_type,
+                payload: payload.to_vec(),
+                tenant_id,
+                vshard_id,
+                database_id,
+            });
+        }
+        let records = match oversize {
+            // What the core says of such a record; its bytes were never packed.
+            Some(size_bytes) => Err(RecordError::PayloadTooLarge {
+                size_bytes,
+                max_bytes: u64::from(MAX_PAYLOAD_BYTES),
+            }
+            .into()),
+            None => Ok(records),
+        };
+        jobs.push(PackedJob { ticket, records });
+    }
+    Ok(jobs)
+}
+
+/// The packed metadata in use: the first `used` words of `meta`.
+fn used_words(meta: &[u32], used: u32) -> Result<&[u32]> {
+    meta.get(..used as usize)
+        .ok_or_else(|| malformed("more words in use than the metadata holds"))
 }
 
 fn known_types(extra: Option<Vec<u32>>) -> Option<BTreeSet<u32>> {
@@ -257,6 +391,8 @@ struct OpenState {
 #[napi]
 pub struct NativeWal {
     state: Mutex<Option<OpenState>>,
+    /// Outlives `state`: the outcomes of the last commits are taken after `close()`.
+    outbox: Arc<Mutex<Outbox>>,
 }
 
 fn closed() -> napi::Error {
@@ -279,6 +415,7 @@ impl NativeWal {
 
     fn from_wal(wal: Wal, completions: CompletionFn) -> NativeWal {
         NativeWal {
+            outbox: completions.outbox.clone(),
             state: Mutex::new(Some(OpenState {
                 wal: Arc::new(wal),
                 completions: Arc::new(completions),
@@ -287,36 +424,32 @@ impl NativeWal {
     }
 }
 
-fn completion_fn(on_complete: Function<'_, CompletionArgs, ()>) -> Result<CompletionFn> {
-    on_complete
-        .build_threadsafe_function::<Completion>()
+fn completion_fn(on_complete: Function<'_, (), ()>) -> Result<CompletionFn> {
+    let notify = on_complete
+        .build_threadsafe_function::<()>()
         .weak::<true>()
         .callee_handled::<false>()
-        .build_callback(|ctx| {
-            let Completion { ticket, outcome } = ctx.value;
-            Ok(match outcome {
-                Ok(lsn) => FnArgs::from((ticket, Some(lsn), None)),
-                Err(message) => FnArgs::from((ticket, None, Some(message))),
-            })
-        })
+        .build()?;
+    Ok(CompletionFn {
+        notify,
+        outbox: Arc::default(),
+    })
 }
 
 #[napi]
 impl NativeWal {
-    /// Opens and recovers the WAL on the JS thread. `onComplete(ticket, firstLsn, error)`
-    /// receives the outcome of every `submit`ted job.
+    /// Opens and recovers the WAL on the JS thread. `onComplete()` is called when outcomes
+    /// of `submitPacked` jobs wait in the outbox (see `takeCompletions`).
     #[napi(factory)]
     pub fn open_sync(
         dir: String,
         options: WalOpenOptions,
-        #[napi(
-            ts_arg_type = "(ticket: number, firstLsn: bigint | null, error: string | null) => void"
-        )]
-        on_complete: Function<'_, CompletionArgs, ()>,
+        #[napi(ts_arg_type = "() => void")] on_complete: Function<'_, (), ()>,
     ) -> Result<NativeWal> {
         let (options, keys) = wal_options(&options)?;
         let completions = completion_fn(on_complete)?;
-        let wal = Wal::open_with_keys(Arc::new(StdVfs), Path::new(&dir), options, keys).into_napi()?;
+        let wal =
+            Wal::open_with_keys(Arc::new(StdVfs), Path::new(&dir), options, keys).into_napi()?;
         Ok(NativeWal::from_wal(wal, completions))
     }
 
@@ -325,10 +458,7 @@ impl NativeWal {
     pub fn open(
         dir: String,
         options: WalOpenOptions,
-        #[napi(
-            ts_arg_type = "(ticket: number, firstLsn: bigint | null, error: string | null) => void"
-        )]
-        on_complete: Function<'_, CompletionArgs, ()>,
+        #[napi(ts_arg_type = "() => void")] on_complete: Function<'_, (), ()>,
     ) -> Result<AsyncTask<OpenWal>> {
         let (options, keys) = wal_options(&options)?;
         Ok(AsyncTask::new(OpenWal {
@@ -339,38 +469,82 @@ impl NativeWal {
         }))
     }
 
-    /// Queues every job for the commit thread; each job's outcome arrives through
-    /// `onComplete`, also when its records are invalid or the WAL is closed meanwhile.
+    /// Queues the jobs packed in the first `metaUsed` words of `meta`, in `payloads` and
+    /// in `ids` (see [`unpack`]) for the commit thread, after copying them: the arrays can
+    /// be reused as soon as this returns. Each job's outcome arrives in the outbox, also
+    /// when its records are invalid or the WAL is closed meanwhile; tickets must be below
+    /// 2^31. Throws, queuing nothing, when the WAL is closed or the metadata is malformed.
     #[napi]
-    pub fn submit(&self, jobs: Vec<NativeAppendJob>) -> Result<()> {
+    pub fn submit_packed(
+        &self,
+        meta: Uint32ArraySlice,
+        meta_used: u32,
+        payloads: Uint8ArraySlice,
+        ids: Option<BigUint64ArraySlice>,
+    ) -> Result<()> {
         let (wal, completions) = match self.slot().as_ref() {
             Some(state) => (state.wal.clone(), state.completions.clone()),
             None => return Err(closed()),
         };
-        for job in jobs {
-            let ticket = job.ticket;
-            match record_inputs(job.records) {
-                Ok(records) => {
-                    let completions = completions.clone();
-                    wal.submit_append(
-                        records,
-                        Box::new(move |result| {
-                            let outcome = result.map_err(|e| to_napi_error(e).reason);
-                            deliver(&completions, ticket, outcome);
-                        }),
-                    );
-                }
-                Err(e) => deliver(&completions, ticket, Err(e.reason)),
+        let jobs = unpack(
+            used_words(&meta, meta_used)?,
+            &payloads,
+            ids.as_ref().map(|ids| &ids[..]),
+        )?;
+        let mut queued = Vec::with_capacity(jobs.len());
+        for PackedJob { ticket, records } in jobs {
+            match records {
+                Ok(records) => queued.push((records, job_callback(&completions, ticket))),
+                Err(e) => deliver(&completions, ticket, Err(to_napi_error(e).reason)),
             }
         }
+        // One lock and one wake-up of the commit thread for the whole tick.
+        wal.submit_many(queued);
         Ok(())
     }
 
-    /// Appends the records as one commit on the JS thread; returns the first LSN.
+    /// Appends the records of the ONE job packed as for `submitPacked`, as one commit on
+    /// the JS thread; returns the first LSN once they are durable.
     #[napi]
-    pub fn append_batch_sync(&self, records: Vec<NativeRecordInput>) -> Result<u64> {
-        let records = record_inputs(records)?;
-        self.inner()?.append_batch(records).into_napi()
+    pub fn append_packed_sync(
+        &self,
+        meta: Uint32ArraySlice,
+        meta_used: u32,
+        payloads: Uint8ArraySlice,
+        ids: Option<BigUint64ArraySlice>,
+    ) -> Result<u64> {
+        let wal = self.inner()?;
+        let mut jobs = unpack(
+            used_words(&meta, meta_used)?,
+            &payloads,
+            ids.as_ref().map(|ids| &ids[..]),
+        )?;
+        let (Some(job), None) = (jobs.pop(), jobs.pop()) else {
+            return Err(malformed("a synchronous append is exactly one job"));
+        };
+        wal.append_batch(job.records.into_napi()?).into_napi()
+    }
+
+    /// Takes every outcome waiting in the outbox, in report order, as
+    /// `[tickets, lsns, errors]` (`null` when none waits): `lsns[i]` is the first LSN of
+    /// job `tickets[i]`; when bit 31 of `tickets[i]` is set the job failed instead, with
+    /// the next message of `errors` (`null` when none failed). The arrays are copies in
+    /// JS-owned memory. Works after `close`.
+    #[napi(ts_return_type = "[Uint32Array, BigUint64Array, string[] | null] | null")]
+    pub fn take_completions<'env>(&self, env: &'env Env) -> Result<Option<TakenCompletions<'env>>> {
+        let Outbox {
+            tickets,
+            lsns,
+            errors,
+        } = std::mem::take(&mut *lock_outbox(&self.outbox));
+        if tickets.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((
+            Uint32ArraySlice::copy_from(env, tickets)?,
+            BigUint64ArraySlice::copy_from(env, lsns)?,
+            (!errors.is_empty()).then_some(errors),
+        )))
     }
 
     /// Resolves once everything queued before it is durable (fails on a poisoned WAL).
