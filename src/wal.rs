@@ -6,8 +6,9 @@
 //! [`RecordInput`]s and queues every caller's job for the commit thread.
 //!
 //! Outcomes come back in batches: the commit thread puts each one into the WAL's outbox,
-//! and the one that finds the outbox empty schedules a call of ONE weak threadsafe
-//! function created at open (no arguments). JS then takes everything waiting by then with
+//! and once all the outcomes of a commit are in (the core's completion hook) schedules a
+//! call of ONE weak threadsafe function created at open (no arguments), unless one is
+//! already scheduled. JS then takes everything waiting by then with
 //! one `takeCompletions` call, as typed arrays copied into JS-owned memory (no external
 //! buffers: Electron forbids them). So the JS thread runs once per batch of outcomes, not
 //! once per append, and the appenders it resumes re-append in one tick, i.e. one
@@ -157,6 +158,8 @@ struct Outbox {
     lsns: Vec<u64>,
     /// The `[ERR_CODE] message` of each failure, in order.
     errors: Vec<String>,
+    /// A call of the JS callback is scheduled and has not taken the outbox yet.
+    notified: bool,
 }
 
 /// What `takeCompletions` hands JS: `[tickets, lsns, errors]`.
@@ -178,32 +181,41 @@ pub struct CompletionFn {
     outbox: Arc<Mutex<Outbox>>,
 }
 
+/// Puts one job's outcome into the outbox; [`notify`] tells JS later.
 fn deliver(completions: &CompletionFn, ticket: u32, outcome: std::result::Result<u64, String>) {
-    let first = {
-        let mut outbox = lock_outbox(&completions.outbox);
-        let first = outbox.tickets.is_empty();
-        match outcome {
-            Ok(lsn) => {
-                outbox.tickets.push(ticket);
-                outbox.lsns.push(lsn);
-            }
-            Err(message) => {
-                outbox.tickets.push(ticket | TICKET_FAILED);
-                outbox.lsns.push(0);
-                outbox.errors.push(message);
-            }
+    let mut outbox = lock_outbox(&completions.outbox);
+    match outcome {
+        Ok(lsn) => {
+            outbox.tickets.push(ticket);
+            outbox.lsns.push(lsn);
         }
-        first
-    };
-    // Only the outcome that finds the outbox empty schedules a call: JS takes everything
-    // queued by the time it runs, and the next outcome finds the outbox empty again.
+        Err(message) => {
+            outbox.tickets.push(ticket | TICKET_FAILED);
+            outbox.lsns.push(0);
+            outbox.errors.push(message);
+        }
+    }
+}
+
+/// Schedules ONE call of the JS callback when outcomes wait and none is scheduled yet.
+/// Runs once per commit (the core's completion hook) and once per `submitPacked`, so
+/// every outcome of a commit reaches JS together: its appenders resume in one tick and
+/// re-append as one submission, which keeps them in one group commit instead of
+/// splitting into groups that alternate. JS takes everything queued by the time it
+/// runs; the flag is reset with the taken outbox.
+fn notify(completions: &CompletionFn) {
+    {
+        let mut outbox = lock_outbox(&completions.outbox);
+        if outbox.notified || outbox.tickets.is_empty() {
+            return;
+        }
+        outbox.notified = true;
+    }
     // Non-blocking on an unbounded queue never waits. It fails only when the JS
     // environment is shutting down, and then nobody is left to tell.
-    if first {
-        let _ = completions
-            .notify
-            .call((), ThreadsafeFunctionCallMode::NonBlocking);
-    }
+    let _ = completions
+        .notify
+        .call((), ThreadsafeFunctionCallMode::NonBlocking);
 }
 
 /// The callback of one job: reports its outcome under `ticket`.
@@ -414,11 +426,14 @@ impl NativeWal {
     }
 
     fn from_wal(wal: Wal, completions: CompletionFn) -> NativeWal {
+        let completions = Arc::new(completions);
+        let hook = completions.clone();
+        wal.set_completion_hook(Some(Arc::new(move || notify(&hook))));
         NativeWal {
             outbox: completions.outbox.clone(),
             state: Mutex::new(Some(OpenState {
                 wal: Arc::new(wal),
-                completions: Arc::new(completions),
+                completions,
             })),
         }
     }
@@ -500,6 +515,8 @@ impl NativeWal {
         }
         // One lock and one wake-up of the commit thread for the whole tick.
         wal.submit_many(queued);
+        // Outcomes reported on this thread (invalid records, a WAL closed meanwhile).
+        notify(&completions);
         Ok(())
     }
 
@@ -536,6 +553,7 @@ impl NativeWal {
             tickets,
             lsns,
             errors,
+            ..
         } = std::mem::take(&mut *lock_outbox(&self.outbox));
         if tickets.is_empty() {
             return Ok(None);

@@ -15,6 +15,7 @@ on_both!(
     append_replay_reopen_continue,
     batch_gets_contiguous_lsns,
     concurrent_appenders_each_get_their_own_lsn,
+    completion_hook_runs_once_after_a_whole_group_commit,
     tear_record_header_is_repaired,
     tear_record_payload_is_repaired,
     tear_record_length_field_is_repaired,
@@ -110,6 +111,60 @@ fn concurrent_appenders_each_get_their_own_lsn(env: &Env) {
     assert_eq!(stats.records, 64 * 20);
     assert!(stats.commits <= stats.records);
     assert_eq!(stats.unprotected_records, 0);
+}
+
+/// The completion hook runs once per group commit, after the callbacks of EVERY append
+/// merged into it (a binding relies on this to hand a commit's outcomes over at once),
+/// and never for outcomes reported on the submitting thread.
+fn completion_hook_runs_once_after_a_whole_group_commit(env: &Env) {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let wal = env.open(WalOptions::default()).unwrap();
+    let called = Arc::new(AtomicUsize::new(0));
+    let seen_at_hook = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let (called, seen) = (called.clone(), seen_at_hook.clone());
+        wal.set_completion_hook(Some(Arc::new(move || {
+            seen.lock().unwrap().push(called.load(SeqCst));
+        })));
+    }
+    wal.hold_commits(true);
+    let jobs = (0..100u64)
+        .map(|i| {
+            let called = called.clone();
+            let done: doublewrite::wal::AppendCallback = Box::new(move |outcome| {
+                outcome.unwrap();
+                called.fetch_add(1, SeqCst);
+            });
+            (vec![put(i, 10)], done)
+        })
+        .collect();
+    wal.submit_many(jobs);
+    // An invalid record is refused on this thread: its callback runs, the hook does not.
+    let refused: doublewrite::wal::AppendCallback = Box::new(|outcome| assert!(outcome.is_err()));
+    wal.submit_many(vec![(
+        vec![RecordInput::new(
+            RecordType::PUT | doublewrite::record::ENCRYPTED_FLAG,
+            vec![],
+        )],
+        refused,
+    )]);
+    assert!(seen_at_hook.lock().unwrap().is_empty());
+    wal.hold_commits(false);
+    wal.sync().unwrap();
+    let seen = seen_at_hook.lock().unwrap().clone();
+    // One group commit of all 100 appends, then the sync: two units of work.
+    assert_eq!(
+        seen,
+        vec![100, 100],
+        "the hook ran after all 100 callbacks, once per unit"
+    );
+    wal.set_completion_hook(None);
+    wal.append(put(200, 10)).unwrap();
+    assert_eq!(
+        seen_at_hook.lock().unwrap().len(),
+        2,
+        "a cleared hook does not run"
+    );
 }
 
 /// Appends `n` records (one commit each), damages record `k` at `offset_in_record` (or

@@ -294,7 +294,12 @@ struct Shared {
     report: RecoveryReport,
     /// For readers; dropped at close so the keys are wiped once readers finish.
     keys: Mutex<Option<Arc<KeyRing>>>,
+    /// Runs on the commit thread after the callbacks of each unit of work.
+    completion_hook: Mutex<Option<CompletionHook>>,
 }
+
+/// See [`Wal::set_completion_hook`].
+pub type CompletionHook = Arc<dyn Fn() + Send + Sync>;
 
 /// An open write-ahead log. Dropping it closes it (waiting for queued commits).
 pub struct Wal {
@@ -516,6 +521,7 @@ impl Wal {
             view: Mutex::new(view_of(&writer, &options)),
             report,
             keys: Mutex::new(keys),
+            completion_hook: Mutex::new(None),
         });
         let thread = {
             let shared = shared.clone();
@@ -712,6 +718,16 @@ impl Wal {
         Ok(())
     }
 
+    /// Sets `hook` to run on the commit thread each time it has called the callbacks of
+    /// one unit of work (a group commit: every append merged into it; or a sync or a
+    /// truncation). A binding that batches outcomes uses it to hand over all the outcomes
+    /// of a commit at once instead of waking its event loop at the first callback. It
+    /// must not block; it does not run for callbacks called on the submitting thread
+    /// (invalid records, a closed WAL).
+    pub fn set_completion_hook(&self, hook: Option<CompletionHook>) {
+        *lock(&self.shared.completion_hook) = hook;
+    }
+
     /// Test hook: while `held`, queued appends wait; releasing lets the commit thread
     /// merge everything queued into as few commits as the size limit allows.
     #[doc(hidden)]
@@ -782,6 +798,10 @@ fn commit_loop(shared: Arc<Shared>, mut writer: Writer) {
         *lock(&shared.view) = view_of(&writer, &shared.options);
         for complete in completions {
             complete();
+        }
+        let hook = lock(&shared.completion_hook).clone();
+        if let Some(hook) = hook {
+            hook();
         }
     }
 }
