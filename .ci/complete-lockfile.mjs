@@ -41,6 +41,12 @@ const PLATFORMS = {
   'win32-arm64-msvc': { os: ['win32'], cpu: ['arm64'] },
   'win32-ia32-msvc': { os: ['win32'], cpu: ['ia32'] },
   'win32-x64-msvc': { os: ['win32'], cpu: ['x64'] },
+  // Suffixes without an ABI (prebuildify-style packages such as @msgpackr-extract/*).
+  'linux-arm': { os: ['linux'], cpu: ['arm'] },
+  'linux-arm64': { os: ['linux'], cpu: ['arm64'] },
+  'linux-x64': { os: ['linux'], cpu: ['x64'] },
+  'win32-x64': { os: ['win32'], cpu: ['x64'] },
+  'win32-arm64': { os: ['win32'], cpu: ['arm64'] },
 }
 
 function platformOf(name) {
