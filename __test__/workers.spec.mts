@@ -87,7 +87,9 @@ test.serial('four workers at once, each with its own WAL directory and DWB: all 
     t.is(r.lastLsn, BigInt(records), `worker ${i + 1}: its own WAL, LSNs 1..${records}`)
     t.true(r.commits >= 1n && r.commits <= BigInt(records))
     t.is(r.recoveredLength, 100 * (i + 1), `worker ${i + 1}: its own DWB`)
-    t.true(r.walDwbBytes > 0n && r.dwbBytes > 0n)
+    // (A WAL's DWB bytes can be 0: its one group commit may end on a block boundary,
+    // leaving nothing a later write could tear.)
+    t.true(r.dwbBytes > 0n)
     t.true(r.totalSeen - before >= r.walDwbBytes + r.dwbBytes, 'each worker sees at least its own writes in the process-wide counter')
     written += r.walDwbBytes + r.dwbBytes
   }

@@ -463,9 +463,12 @@ impl Writer {
     }
 
     /// Step 1 of a commit: make the at-risk set durable in the DWB, together with copies
-    /// of the commit's own records (those that fit in a slot, up to half the ring): the
-    /// at-risk set is required; the others let recovery rescue an interrupted commit and
-    /// repair recent records damaged at rest.
+    /// of the commit's own records that will end in its partial last block (those that
+    /// fit in a slot, up to half the ring): the at-risk set is required; the others are
+    /// the next commit's at-risk set, copied early so that the newest records always have
+    /// a copy (an interrupted commit is rescued, damage at rest to the tail repaired).
+    /// Records in the commit's full blocks are not copied: no later write touches them,
+    /// and copying them cost a batch of 64 small records 30-40 % of its throughput.
     fn protect(&mut self, base: u64, body: &[u8], spans: &[RecordSpan]) -> Result<Protected> {
         let weakness = self.options.weakness;
         if weakness == Some(Weakness::ReferenceMirroring) {
@@ -512,10 +515,12 @@ impl Writer {
                     .iter()
                     .map(|r| u64::from(r.len) + crate::dwb::FRAME_PREFIX_SIZE as u64)
                     .sum();
-                for span in spans
-                    .iter()
-                    .filter(|s| s.user && s.len <= dwb.max_record_bytes())
-                {
+                let last_block = round_down(base + body.len() as u64, self.active.block);
+                for span in spans.iter().filter(|s| {
+                    s.user
+                        && s.len <= dwb.max_record_bytes()
+                        && base + s.offset + u64::from(s.len) > last_block
+                }) {
                     used += u64::from(span.len) + crate::dwb::FRAME_PREFIX_SIZE as u64;
                     if used > budget {
                         break;
