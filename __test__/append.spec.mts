@@ -77,6 +77,29 @@ test('10,000 concurrent appends each get their own LSN, in call order, and their
   t.true(wal.stats.commits < BigInt(2 * count), `group commit: ${wal.stats.commits} commits`)
 })
 
+test('the outcomes of one large group commit are settled a chunk per macrotask, in LSN order: the event loop gets turns in between', async (t) => {
+  const wal = await openWal(t)
+  const count = 1000
+  const order: bigint[] = []
+  let turnTaken = -1
+  // All appended in one tick: one native submit, normally one group commit.
+  const appends = Array.from({ length: count }, (_, i) =>
+    wal.append(RecordType.Put, bytesOf(`r${i}`)).then((lsn) => {
+      if (order.length === 0) setImmediate(() => (turnTaken = order.length))
+      order.push(lsn)
+    }),
+  )
+  await Promise.all(appends)
+  t.deepEqual(order, [...order].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)), 'settled in LSN order')
+  t.is(new Set(order).size, count)
+  if (wal.stats.commits === 1n) {
+    t.true(turnTaken > 0 && turnTaken < count, `a macrotask ran after ${turnTaken} of ${count} outcomes were settled`)
+  } else {
+    t.log(`${wal.stats.commits} commits: the check of one commit's chunks was not exercised`)
+    t.pass()
+  }
+})
+
 test('256 appenders in a closed loop, each awaiting its append then issuing the next: every caller gets its own LSN', async (t) => {
   const wal = await openWal(t, { segmentSize: 4 << 20 })
   const perAppender = 20
