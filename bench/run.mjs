@@ -341,7 +341,7 @@ function summarize(cell, runs) {
   if (cell.kind === 'idle') {
     s.eldP99Ms = med((r) => r.eldP99Ms)
     s.spread = spread(pick((r) => r.eldP99Ms))
-    s.note = 'event-loop delay of an idle Node process (1 ms monitor): the floor of this machine'
+    s.note = 'event-loop delay p99 of an idle Node process (1 ms monitor, delay beyond its period): the floor of this machine'
     return s
   }
   if (cell.kind === 'jscost') {
