@@ -37,6 +37,7 @@ const ORDER = [
   'dw-buffered-pad',
   'dw-off',
   'dw-directio',
+  'dw-encrypted',
   'js-wal',
   'js-dwb',
   'sqlite-wal-full',

@@ -23,6 +23,12 @@ export const OUR_CONFIGS = {
   'dw-off': { dwbMode: 'off' },
   // Segments opened with O_DIRECT (the DWB then defaults to direct); every commit pads.
   'dw-directio': { directIo: true },
+  // The defaults plus AES-256-GCM at rest (a fixed benchmark key).
+  'dw-encrypted': {
+    dwbMode: 'buffered',
+    tailProtection: 'mirror',
+    encryption: { keys: [{ id: 1, key: new Uint8Array(32).fill(0x5a) }], activeKeyId: 1 },
+  },
 }
 
 export const PEERS = ['js-wal', 'js-dwb', 'sqlite-wal-full', 'lmdb', 'classic-level-sync']
@@ -34,6 +40,7 @@ export const DESCRIPTIONS = {
   'dw-buffered-pad': "doublewrite, dwbMode 'buffered', tailProtection 'pad' (one sync per commit)",
   'dw-off': "doublewrite, dwbMode 'off' (no DWB; commits padded to a block)",
   'dw-directio': 'doublewrite, directIo: true (O_DIRECT segments and DWB; commits padded)',
+  'dw-encrypted': "doublewrite, the defaults plus encryption (AES-256-GCM, one key): the cost of encryption next to dw-buffered-mirror",
   'js-wal': 'hand-written JS log: [len][crc32][payload] frames, fs.writeSync to an O_APPEND file + fs.fdatasyncSync',
   'js-dwb': 'hand-written JS double write: the frames at offset 0 of a side file + fdatasyncSync, then appended to the log + fdatasyncSync',
   'sqlite-wal-full': 'better-sqlite3, journal_mode=WAL, synchronous=FULL; INSERT per record, one transaction per batch',
