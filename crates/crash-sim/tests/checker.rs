@@ -61,3 +61,22 @@ fn a_case_replays_identically_from_its_seed() {
         );
     }
 }
+
+/// Seeds (of a 60,000-case run) whose tail block held more records than half the DWB ring
+/// (a 2 KiB ring behind 4 KiB WAL blocks): the commit flushed its at-risk copies twice,
+/// the second flush restarted at ring offset 0 over the first one's frames, and a torn WAL
+/// write then destroyed an acknowledged record with no copy left. Commits that would leave
+/// such a tail now end with padding.
+#[test]
+fn an_at_risk_set_larger_than_half_the_ring_is_never_left_behind() {
+    for seed in [1_022_337, 1_038_347, 1_044_583, 1_044_626, 1_055_109] {
+        let summary = run_many(seed, 1, 1, None);
+        assert_eq!(
+            summary.violations,
+            0,
+            "seed {seed}: {}: {:?}",
+            summary.line(),
+            summary.failing_seeds
+        );
+    }
+}

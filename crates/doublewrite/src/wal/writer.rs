@@ -439,6 +439,33 @@ impl Writer {
             .collect()
     }
 
+    /// Whether the records a commit ending at `end` leaves in its partial last block (its
+    /// own, and older ones of the tail) would need more than half the DWB ring as copies.
+    /// The next commit must flush them all at once: a second flush within one commit
+    /// could land on the first one's frames (the ring restarts at 0) and destroy copies
+    /// it still needs. Such a commit ends with padding instead, leaving nothing at risk.
+    fn at_risk_would_overflow(&self, base: u64, end: u64, spans: &[RecordSpan]) -> bool {
+        let Some(dwb) = &self.dwb else { return false };
+        let window_start = round_down(end, self.active.block);
+        if window_start == end {
+            return false;
+        }
+        let frame = |len: u32| u64::from(len) + crate::dwb::FRAME_PREFIX_SIZE as u64;
+        let older: u64 = self
+            .tail
+            .records
+            .iter()
+            .filter(|r| r.user && r.offset < base && r.offset + u64::from(r.len) > window_start)
+            .map(|r| frame(r.len))
+            .sum();
+        let own: u64 = spans
+            .iter()
+            .filter(|s| s.user && base + s.offset + u64::from(s.len) > window_start)
+            .map(|s| frame(s.len))
+            .sum();
+        older + own > dwb.geometry().ring_bytes() / 2
+    }
+
     /// How many padding bytes end a commit of `body` placed at `base`.
     fn padding_for(&self, base: u64, body: &[u8], spans: &[RecordSpan], force_pad: bool) -> u64 {
         let block = self.active.block;
@@ -451,7 +478,9 @@ impl Writer {
             None => false,
         };
         let reference_like = self.options.weakness.is_some();
-        let pad = force_pad || self.always_pad() || (unmirrorable && !reference_like);
+        let pad = force_pad
+            || self.always_pad()
+            || ((unmirrorable || self.at_risk_would_overflow(base, end, spans)) && !reference_like);
         if !pad {
             return 0;
         }
@@ -497,6 +526,15 @@ impl Writer {
         };
         if at_risk.is_empty() && !mirror_own {
             return Ok(Protected::Done);
+        }
+        let at_risk_bytes: u64 = at_risk
+            .iter()
+            .map(|r| u64::from(r.len) + crate::dwb::FRAME_PREFIX_SIZE as u64)
+            .sum();
+        if weakness.is_none() && at_risk_bytes > dwb.geometry().ring_bytes() / 2 {
+            // Only a tail recovered from an earlier session can be this large (commits
+            // that would leave one are padded): one flush could not hold it.
+            return Ok(Protected::NeedsFreshSegment);
         }
         if at_risk.iter().any(|r| r.len > dwb.max_record_bytes()) {
             // Only a recovered tail can hold one (a commit ending on such a record is
