@@ -1152,7 +1152,8 @@ class Inflight {
 
   /** Called by the binding when outcomes wait; takes them all. Must never throw. */
   readonly complete = (): void => {
-    if (this.#take() && this.#outcomes.length === 1) this.#settleSome()
+    // With a later turn already scheduled, that turn settles these too, in order.
+    if (this.#take() && !this.#settleScheduled) this.#settle(SETTLE_CHUNK)
   }
 
   /**
@@ -1182,10 +1183,6 @@ class Inflight {
    * each: ~1.5 ms).
    */
   readonly #outcomes: TakenOutcomes[] = []
-
-  readonly #settleSome = (): void => {
-    this.#settle(SETTLE_CHUNK)
-  }
 
   #settle(limit: number): void {
     const resolvers = this.#resolvers
@@ -1225,7 +1222,7 @@ class Inflight {
   #settleScheduled = false
   readonly #settleLater = (): void => {
     this.#settleScheduled = false
-    this.#settleSome()
+    this.#settle(SETTLE_CHUNK)
   }
 
   fail(ticket: number, error: unknown): void {

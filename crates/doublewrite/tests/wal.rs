@@ -23,6 +23,7 @@ on_both!(
     repair_survives_the_ring_wrapping,
     batch_larger_than_the_ring,
     record_larger_than_a_slot_pads_its_commit,
+    recovered_tail_too_large_for_the_ring_rolls_to_a_fresh_segment,
     pad_policy_starts_every_commit_on_a_block,
     dwb_off_pads_and_stays_protected,
     torn_tail_is_cut_and_reported,
@@ -173,6 +174,35 @@ fn completion_hook_runs_once_after_a_whole_group_commit(env: &Env) {
         runs.len(),
         "a cleared hook does not run"
     );
+}
+
+/// A tail block whose records need more than half the DWB ring as copies can only come
+/// from an earlier session (commits that would leave one are padded): here the DWB is
+/// replaced by a much smaller one between sessions. The first commit after the reopen
+/// must not rewrite that block (its copies would not fit one flush): it rolls to a fresh
+/// segment, and nothing acknowledged is ever unprotected.
+fn recovered_tail_too_large_for_the_ring_rolls_to_a_fresh_segment(env: &Env) {
+    let wal = env.open(WalOptions::default()).unwrap();
+    let batch: Vec<RecordInput> = (1..=20).map(|i| put(i, 100)).collect();
+    wal.append_batch(batch).unwrap();
+    wal.close().unwrap();
+    assert_eq!(env.segments().len(), 1);
+    env.remove(&env.dir.join("wal.dwb"));
+    // A 2 KiB ring: 20 records of ~156 B in the tail block need ~3.6 KiB of frames.
+    let small = WalOptions {
+        dwb_capacity: Some(1),
+        dwb_max_record_bytes: Some(2048 - 24),
+        ..WalOptions::default()
+    };
+    let wal = env.open(small).unwrap();
+    wal.append(put(21, 100)).unwrap();
+    assert_eq!(
+        env.segments().len(),
+        2,
+        "the commit went to a fresh segment"
+    );
+    assert_eq!(wal.stats().unprotected_records, 0);
+    assert_eq!(replay_all(&wal).len(), 21);
 }
 
 /// Appends `n` records (one commit each), damages record `k` at `offset_in_record` (or

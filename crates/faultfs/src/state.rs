@@ -119,6 +119,16 @@ pub enum CrashMode {
 }
 
 impl CrashMode {
+    /// Whether an unsynced directory entry or size change survives the crash: always
+    /// under `KeepAll`, never under `DropAll`, else by coin flip.
+    fn keeps_change(self, rng: &mut Rng) -> bool {
+        match self {
+            CrashMode::KeepAll => true,
+            CrashMode::DropAll => false,
+            _ => rng.coin(),
+        }
+    }
+
     pub const ALL: [CrashMode; 7] = [
         CrashMode::Random,
         CrashMode::DropAll,
@@ -1065,12 +1075,7 @@ impl State {
                 let pick = if now == before {
                     now
                 } else {
-                    let apply = match mode {
-                        CrashMode::KeepAll => true,
-                        CrashMode::DropAll => false,
-                        _ => rng.coin(),
-                    };
-                    if apply {
+                    if mode.keeps_change(&mut rng) {
                         report.entries_applied += 1;
                         self.set_backing_entry(&rel, name, before, now)?;
                         now
@@ -1185,12 +1190,7 @@ fn settle_file(
     let new_len = if file.live_size == file.durable_size {
         file.live_size
     } else {
-        let apply = match mode {
-            CrashMode::KeepAll => true,
-            CrashMode::DropAll => false,
-            _ => rng.coin(),
-        };
-        if apply {
+        if mode.keeps_change(rng) {
             report.sizes_applied += 1;
             file.live_size
         } else {

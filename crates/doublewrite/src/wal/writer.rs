@@ -450,19 +450,15 @@ impl Writer {
         if window_start == end {
             return false;
         }
-        let frame = |len: u32| u64::from(len) + crate::dwb::FRAME_PREFIX_SIZE as u64;
-        let older: u64 = self
-            .tail
-            .records
-            .iter()
-            .filter(|r| r.user && r.offset < base && r.offset + u64::from(r.len) > window_start)
-            .map(|r| frame(r.len))
-            .sum();
-        let own: u64 = spans
-            .iter()
-            .filter(|s| s.user && base + s.offset + u64::from(s.len) > window_start)
-            .map(|s| frame(s.len))
-            .sum();
+        let older =
+            frame_bytes(self.tail.records.iter().filter(|r| {
+                r.user && r.offset < base && r.offset + u64::from(r.len) > window_start
+            }));
+        let own = frame_bytes(
+            spans
+                .iter()
+                .filter(|s| s.user && base + s.offset + u64::from(s.len) > window_start),
+        );
         older + own > dwb.geometry().ring_bytes() / 2
     }
 
@@ -527,10 +523,7 @@ impl Writer {
         if at_risk.is_empty() && !mirror_own {
             return Ok(Protected::Done);
         }
-        let at_risk_bytes: u64 = at_risk
-            .iter()
-            .map(|r| u64::from(r.len) + crate::dwb::FRAME_PREFIX_SIZE as u64)
-            .sum();
+        let at_risk_bytes = frame_bytes(at_risk.iter());
         if weakness.is_none() && at_risk_bytes > dwb.geometry().ring_bytes() / 2 {
             // Only a tail recovered from an earlier session can be this large (commits
             // that would leave one are padded): one flush could not hold it.
@@ -549,17 +542,14 @@ impl Writer {
             }
             if mirror_own {
                 let budget = dwb.geometry().ring_bytes() / 2;
-                let mut used: u64 = at_risk
-                    .iter()
-                    .map(|r| u64::from(r.len) + crate::dwb::FRAME_PREFIX_SIZE as u64)
-                    .sum();
+                let mut used = at_risk_bytes;
                 let last_block = round_down(base + body.len() as u64, self.active.block);
                 for span in spans.iter().filter(|s| {
                     s.user
                         && s.len <= dwb.max_record_bytes()
                         && base + s.offset + u64::from(s.len) > last_block
                 }) {
-                    used += u64::from(span.len) + crate::dwb::FRAME_PREFIX_SIZE as u64;
+                    used += frame_bytes(std::iter::once(span));
                     if used > budget {
                         break;
                     }
@@ -889,4 +879,11 @@ fn open_segment_error(path: &Path, e: std::io::Error) -> Error {
         };
     }
     Error::io("open segment", path, e)
+}
+
+/// Bytes the DWB frames of these records take in the ring (prefix + record each).
+fn frame_bytes<'a>(records: impl Iterator<Item = &'a RecordSpan>) -> u64 {
+    records
+        .map(|r| u64::from(r.len) + crate::dwb::FRAME_PREFIX_SIZE as u64)
+        .sum()
 }
