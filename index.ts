@@ -819,6 +819,8 @@ export interface WalStats {
   readonly dwbBytesWritten: bigint
   readonly walSyncs: bigint
   readonly dwbSyncs: bigint
+  /** DWB syncs that ran alongside their commit's WAL sync rather than before its WAL write (`'mirror'`: all but a session's first commit and the rare one whose copies would land on the previous commit's). */
+  readonly overlappedSyncs: bigint
   readonly paddingBytes: bigint
   readonly segmentRolls: bigint
   /** Records acknowledged while at risk without a DWB copy: `0n` unless the DWB failed under `'degraded'`. */

@@ -54,6 +54,10 @@ test('64 concurrent appends each get their own distinct LSN, share few commits, 
   t.is(stats.records, 64n)
   t.true(stats.commits < 64n, `group commit: ${stats.commits} commits for 64 appends`)
   t.is(stats.walSyncs, stats.commits)
+  // 'mirror': one DWB sync per commit, overlapped with the WAL sync (the previous commit's
+  // flush holds the copies each WAL write puts at risk).
+  t.is(stats.dwbSyncs, stats.commits)
+  t.is(stats.overlappedSyncs, stats.commits)
   const records = await replayAll(wal)
   t.is(records.length, 64)
   records.forEach((record, i) => {

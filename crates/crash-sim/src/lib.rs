@@ -87,7 +87,9 @@ impl CaseConfig {
             options.dwb_mode = DwbMode::Buffered;
             options.tail_protection = TailProtection::Mirror;
             match weakness {
-                Weakness::NoRepairWriteBack | Weakness::ReferenceMirroring => {
+                Weakness::NoRepairWriteBack
+                | Weakness::ReferenceMirroring
+                | Weakness::UnguardedOverlap => {
                     options.dwb_capacity = Some(2);
                     options.dwb_max_record_bytes = Some(1024);
                     steps += 20;
@@ -798,13 +800,15 @@ pub fn parse_weakness(name: &str) -> Option<Weakness> {
         "lookup-by-damaged-header" => Some(Weakness::LookupByDamagedHeader),
         "no-repair-write-back" => Some(Weakness::NoRepairWriteBack),
         "batch-exceeds-ring" => Some(Weakness::ReferenceMirroring),
+        "unguarded-overlap" => Some(Weakness::UnguardedOverlap),
         _ => None,
     }
 }
 
-pub const WEAKNESSES: [&str; 4] = [
+pub const WEAKNESSES: [&str; 5] = [
     "no-dwb",
     "lookup-by-damaged-header",
     "no-repair-write-back",
     "batch-exceeds-ring",
+    "unguarded-overlap",
 ];

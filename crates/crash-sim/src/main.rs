@@ -18,7 +18,8 @@ const USAGE: &str =
   --seed S       seed of the first case (default 1); case i uses seed S+i
   --threads T    worker threads (default: available cores)
   --weaken NAME  run a deliberately broken configuration (the checker must find violations):
-                 no-dwb | lookup-by-damaged-header | no-repair-write-back | batch-exceeds-ring
+                 no-dwb | lookup-by-damaged-header | no-repair-write-back | batch-exceeds-ring |
+                 unguarded-overlap
   --disk KIND    sim (default): the simulated disk;
                  fuse: faultfs, a FUSE file system with the same fault model, through the kernel
                        (Linux, root or fusermount3; one mount per case);
@@ -133,6 +134,7 @@ fn weakness_flag(weakness: Option<doublewrite::wal::Weakness>) -> String {
                 Weakness::LookupByDamagedHeader => "lookup-by-damaged-header",
                 Weakness::NoRepairWriteBack => "no-repair-write-back",
                 Weakness::ReferenceMirroring => "batch-exceeds-ring",
+                Weakness::UnguardedOverlap => "unguarded-overlap",
             };
             format!(" --weaken {name}")
         }

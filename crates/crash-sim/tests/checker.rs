@@ -49,6 +49,14 @@ fn catches_a_batch_allowed_to_exceed_the_ring() {
     weakened_is_caught(Weakness::ReferenceMirroring);
 }
 
+/// The overlapped DWB sync is safe only because the flush spares the last flush's frames,
+/// which hold the copies the WAL write puts at risk: without that guard the checker finds
+/// acknowledged records lost.
+#[test]
+fn catches_an_overlapped_flush_that_overwrites_the_copies_in_use() {
+    weakened_is_caught(Weakness::UnguardedOverlap);
+}
+
 #[test]
 fn a_case_replays_identically_from_its_seed() {
     for seed in [3, 77, 1234] {

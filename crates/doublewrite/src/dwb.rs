@@ -287,7 +287,7 @@ struct Staging {
 
 /// Everything that touches the file, behind one lock.
 struct Ring {
-    file: Box<dyn VfsFile>,
+    file: Arc<dyn VfsFile>,
     /// Ring-relative offset where the next flush starts (block-aligned).
     write_pos: u64,
     next_seq: u64,
@@ -565,7 +565,7 @@ impl DoubleWriteBuffer {
             let taken = std::mem::replace(&mut staging.frames, AlignedBuf::new(block * 4, block));
             (taken, std::mem::take(&mut staging.entries))
         };
-        match self.flush_frames(&mut ring, &mut frames, &entries) {
+        match self.flush_frames(&mut ring, &mut frames, &entries, |file| file.sync_data()) {
             Ok(()) => Ok(()),
             Err(e) => {
                 // Put the copies back in front of anything staged meanwhile.
@@ -630,20 +630,76 @@ impl DoubleWriteBuffer {
         Ok(stale.len())
     }
 
+    /// Whether flushing the copies staged now would leave every frame of the last flush
+    /// intact (and erase nothing). The WAL then needs no DWB sync before its write: the
+    /// last flush already holds the copies that write puts at risk.
+    pub fn next_flush_spares_last(&self) -> bool {
+        let ring = lock(&self.ring);
+        let staging = lock(&self.staging);
+        let Some((last_start, last_end)) = ring.last_flush else {
+            return false;
+        };
+        if ring.erase.is_some() {
+            return false;
+        }
+        let len = staging.frames.len() as u64;
+        let start = self.flush_start(&ring, len);
+        let end = start + round_up(len, u64::from(self.geometry.block_size_bytes));
+        len == 0 || end <= last_start || start >= last_end
+    }
+
+    /// Flushes the staged copies like [`flush`](Self::flush), their fdatasync overlapped
+    /// with `other`'s (through `vfs`; see [`Vfs::sync_data_pair`]). Returns the flush's
+    /// outcome and `other`'s sync outcome; `other` is synced whatever happens to the
+    /// flush. On failure the staged copies are dropped (not kept for a retry) and
+    /// whatever reached the file is zeroed by the next flush.
+    pub fn flush_alongside(
+        &self,
+        vfs: &dyn Vfs,
+        other: &Arc<dyn VfsFile>,
+    ) -> (Result<()>, std::io::Result<()>) {
+        let mut ring = lock(&self.ring);
+        let (mut frames, entries) = {
+            let mut staging = lock(&self.staging);
+            if staging.entries.is_empty() && ring.erase.is_none() {
+                return (Ok(()), other.sync_data());
+            }
+            let block = self.geometry.block_size_bytes as usize;
+            let taken = std::mem::replace(&mut staging.frames, AlignedBuf::new(block * 4, block));
+            (taken, std::mem::take(&mut staging.entries))
+        };
+        let mut other_result = None;
+        let result = self.flush_frames(&mut ring, &mut frames, &entries, |file| {
+            let (mine, theirs) = vfs.sync_data_pair(file, other);
+            other_result = Some(theirs);
+            mine
+        });
+        let other_result = other_result.unwrap_or_else(|| other.sync_data());
+        (result, other_result)
+    }
+
+    /// Where a flush of `len` bytes starts: at the write position, or back at 0 when it
+    /// would run past the end of the ring.
+    fn flush_start(&self, ring: &Ring, len: u64) -> u64 {
+        if ring.write_pos + len > self.geometry.ring_bytes() {
+            0
+        } else {
+            ring.write_pos
+        }
+    }
+
     fn flush_frames(
         &self,
         ring: &mut Ring,
         frames: &mut AlignedBuf,
         entries: &[(u64, usize, u32)],
+        sync: impl FnOnce(&Arc<dyn VfsFile>) -> std::io::Result<()>,
     ) -> Result<()> {
         let block = u64::from(self.geometry.block_size_bytes);
         let ring_bytes = self.geometry.ring_bytes();
         let len = frames.len() as u64;
         debug_assert!(len <= ring_bytes, "staging keeps a flush within the ring");
-        let mut start = ring.write_pos;
-        if start + len > ring_bytes {
-            start = 0;
-        }
+        let start = self.flush_start(ring, len);
         let first_seq = ring.next_seq;
         for (i, &(_, at, record_len)) in entries.iter().enumerate() {
             let prefix = encode_frame_prefix(record_len, first_seq + i as u64, self.geometry.salt);
@@ -674,9 +730,7 @@ impl DoubleWriteBuffer {
             if !span.is_empty() {
                 self.write_ring(ring, span, start)?;
             }
-            ring.file
-                .sync_data()
-                .map_err(|e| Error::io("sync double-write buffer", &self.path, e))
+            sync(&ring.file).map_err(|e| Error::io("sync double-write buffer", &self.path, e))
         })();
         if let Err(e) = result {
             // Whatever reached the file may hold copies of records about to be refused.
@@ -1095,7 +1149,7 @@ fn scan_ring(
         None => (0, 1),
     };
     Ok(Ring {
-        file,
+        file: Arc::from(file),
         write_pos,
         next_seq,
         by_lsn,

@@ -1,6 +1,7 @@
 //! Named fault points on the simulated disk: power loss before the DWB sync, between the
-//! two syncs, after the WAL sync; a failed sync; a full disk; a DWB that cannot be written
-//! under the strict and the degraded policies. Each crash test runs many tear patterns.
+//! two syncs, at the overlapped syncs, after the WAL sync; a failed sync; a full disk; a
+//! DWB that cannot be written under the strict and the degraded policies. Each crash test
+//! runs many tear patterns.
 
 mod common;
 
@@ -16,15 +17,28 @@ fn small() -> WalOptions {
     }
 }
 
-/// Writes `acked` records (one commit each, small, so they share the tail block), arms
+/// Writes 6 records (one commit each, small, so they share the tail block), arms
 /// `point`, appends a batch that the fault interrupts, crashes with `seed`, reopens.
-/// Returns the records after recovery and the recovery report's repair count.
-fn interrupted_commit(point: FaultPoint, seed: u64) -> (Vec<(u64, Vec<u8>)>, u64, bool) {
+/// Returns the records after recovery, the recovery report's repair count, and whether
+/// the batch was acknowledged. With `reopened`, the log is closed and reopened before the
+/// batch, whose commit is then the session's first: its DWB flush holds the at-risk copies
+/// and is synced before the WAL write. Otherwise the batch's flush is overlapped with its
+/// WAL sync (the previous commit's flush holds the at-risk copies).
+fn interrupted_commit(
+    point: FaultPoint,
+    seed: u64,
+    reopened: bool,
+) -> (Vec<(u64, Vec<u8>)>, u64, bool) {
     let env = Env::sim();
     let sim = env.sim.clone().unwrap();
-    let wal = env.open(small()).unwrap();
+    let mut wal = env.open(small()).unwrap();
     for i in 1..=6 {
         wal.append(put(i, 150)).unwrap();
+    }
+    assert_eq!(wal.stats().overlapped_syncs, 6);
+    if reopened {
+        drop(wal);
+        wal = env.open(small()).unwrap();
     }
     sim.set_plan(FaultPlan {
         at_point: Some(point),
@@ -63,6 +77,7 @@ fn crash_before_the_dwb_sync_keeps_every_acknowledged_record() {
         let (records, _, acked) = interrupted_commit(
             FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::PowerLoss),
             seed,
+            true,
         );
         assert!(!acked);
         expect_prefix(&records, 6);
@@ -72,18 +87,41 @@ fn crash_before_the_dwb_sync_keeps_every_acknowledged_record() {
 }
 
 #[test]
+fn crash_at_the_overlapped_syncs_keeps_every_acknowledged_record() {
+    let mut repairs = 0;
+    for seed in 0..60 {
+        // The batch's WAL write is in the page cache and its copies are being synced:
+        // the block holding records 1-6 may tear, and their copies from the last flush
+        // (which this one spares) repair it.
+        let (records, repaired, acked) = interrupted_commit(
+            FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::PowerLoss),
+            seed,
+            false,
+        );
+        assert!(!acked);
+        expect_prefix(&records, 6);
+        assert!(records.len() <= 12, "seed {seed}");
+        repairs += repaired;
+    }
+    assert!(repairs > 0, "some tear patterns needed the DWB");
+}
+
+#[test]
 fn crash_between_the_syncs_repairs_the_torn_tail_from_the_dwb() {
     let mut repairs = 0;
     for seed in 0..60 {
         // Power fails during the WAL write, after the DWB copies are durable: the write
         // rewrites the block holding records 1–6 and may tear it.
-        let (records, repaired, acked) = interrupted_commit(
-            FaultPoint::new(Op::Write, ".seg", 1, Fault::PowerLoss),
-            seed,
-        );
-        assert!(!acked);
-        expect_prefix(&records, 6);
-        repairs += repaired;
+        for reopened in [true, false] {
+            let (records, repaired, acked) = interrupted_commit(
+                FaultPoint::new(Op::Write, ".seg", 1, Fault::PowerLoss),
+                seed,
+                reopened,
+            );
+            assert!(!acked);
+            expect_prefix(&records, 6);
+            repairs += repaired;
+        }
     }
     assert!(repairs > 0, "some tear patterns needed the DWB");
 }
@@ -206,19 +244,28 @@ fn strict_policy_refuses_when_the_dwb_cannot_be_written() {
     let sim = env.sim.clone().unwrap();
     let wal = env.open(small()).unwrap();
     wal.append(put(1, 100)).unwrap();
+    let fail_next_dwb_sync = || {
+        sim.set_plan(FaultPlan {
+            at_point: Some(FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::FailSync)),
+            ..FaultPlan::default()
+        })
+    };
+    // Record 2's flush runs alongside its WAL sync and fails: record 2 itself was
+    // protected by record 1's flush, so it is acknowledged; its copy is not durable.
+    fail_next_dwb_sync();
+    assert_eq!(wal.append(put(2, 100)).unwrap(), 2);
+    assert_eq!(wal.stats().overlapped_syncs, 1);
+    // So record 3's commit flushes before its WAL write, and is refused when that fails.
     let segment = env.segments()[0].clone();
     let before = env.read(&segment);
-    sim.set_plan(FaultPlan {
-        at_point: Some(FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::FailSync)),
-        ..FaultPlan::default()
-    });
-    let err = wal.append(put(2, 100)).unwrap_err();
+    fail_next_dwb_sync();
+    let err = wal.append(put(3, 100)).unwrap_err();
     assert_eq!(err.code(), "ERR_DWB_UNAVAILABLE", "{err}");
     assert_eq!(env.read(&segment), before, "no WAL byte was written");
-    assert_eq!(wal.next_lsn(), 2);
+    assert_eq!(wal.next_lsn(), 3);
     // The DWB works again: so does the WAL.
     sim.set_plan(FaultPlan::default());
-    assert_eq!(wal.append(put(2, 100)).unwrap(), 2);
+    assert_eq!(wal.append(put(3, 100)).unwrap(), 3);
     assert_eq!(wal.protection().state, ProtectionState::Active);
     assert_eq!(wal.stats().unprotected_records, 0);
 }
@@ -244,8 +291,9 @@ fn degraded_policy_acknowledges_and_reports_the_state() {
     }
     let protection = wal.protection();
     assert_eq!(protection.state, ProtectionState::Degraded);
-    // The commit that found the DWB broken moved to a fresh segment instead of rewriting
-    // the block holding record 1, and every later commit is padded: nothing unprotected.
+    // The commit after the one that found the DWB broken moved to a fresh segment instead
+    // of rewriting the block holding records 1-2, and every later commit is padded:
+    // nothing unprotected.
     assert_eq!(protection.unprotected_records, 0);
     assert!(wal.stats().padding_bytes > 0);
     assert_eq!(wal.segments().len(), 2);

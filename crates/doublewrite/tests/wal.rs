@@ -656,3 +656,27 @@ fn prepared_segments_roll_and_replay(env: &Env) {
         assert_eq!(first, Some(segment.first_lsn));
     }
 }
+
+/// In steady state a `'mirror'` commit's DWB sync runs alongside its WAL sync (the last
+/// flush already holds the copies its WAL write puts at risk): on the real disk, one DWB
+/// sync and one WAL sync per commit, every one overlapped. The session's first commit
+/// after a reopen with a partial tail block flushes before its WAL write instead.
+#[test]
+fn mirror_commits_overlap_their_two_syncs_on_the_real_disk() {
+    let env = Env::std();
+    let wal = env.open(small_options()).unwrap();
+    for i in 1..=200 {
+        wal.append(put(i, 100)).unwrap();
+    }
+    let stats = wal.stats();
+    assert_eq!(stats.commits, 200);
+    assert_eq!((stats.dwb_syncs, stats.wal_syncs), (200, 200));
+    assert_eq!(stats.overlapped_syncs, 200);
+    drop(wal);
+    let wal = env.open(small_options()).unwrap();
+    wal.append(put(201, 100)).unwrap();
+    wal.append(put(202, 100)).unwrap();
+    let stats = wal.stats();
+    assert_eq!((stats.dwb_syncs, stats.overlapped_syncs), (2, 1));
+    assert_eq!(replay_all(&wal).len(), 202);
+}

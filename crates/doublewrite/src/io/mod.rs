@@ -3,13 +3,14 @@
 //! keeps durable and unsynced bytes apart and can lose, tear and reorder unsynced writes,
 //! fail syncs and run out of space — the crash simulator runs the same core code on it.
 //!
-//! The core holds `Arc<dyn Vfs>` / `Box<dyn VfsFile>` rather than being generic over the
+//! The core holds `Arc<dyn Vfs>` / `Arc<dyn VfsFile>` rather than being generic over the
 //! backend: one indirect call per system call is noise next to the system call, and it
 //! keeps the public types (`Wal`, `DoubleWriteBuffer`) free of a type parameter.
 
 use std::fmt;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 pub mod sim;
 mod std_fs;
@@ -84,6 +85,18 @@ pub trait Vfs: Send + Sync + fmt::Debug {
 
     /// What `path` is: `None` when nothing is there.
     fn kind(&self, path: &Path) -> io::Result<Option<FileKind>>;
+
+    /// [`VfsFile::sync_data`] of two files, overlapped where the platform can (the WAL
+    /// syncs a commit's segment and its DWB copies together): both results, `first`'s
+    /// first. Neither sync waits for the other's outcome; each file's durability is as
+    /// if it had been synced alone. By default one after the other.
+    fn sync_data_pair(
+        &self,
+        first: &Arc<dyn VfsFile>,
+        second: &Arc<dyn VfsFile>,
+    ) -> (io::Result<()>, io::Result<()>) {
+        (first.sync_data(), second.sync_data())
+    }
 }
 
 /// What a path names.

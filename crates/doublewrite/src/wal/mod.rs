@@ -133,6 +133,9 @@ pub enum Weakness {
     /// Mirror every record of each commit, none of the at-risk ones, and let a commit
     /// overwrite its own copies when it is larger than the ring.
     ReferenceMirroring,
+    /// Overlap every commit's DWB sync with its WAL write and sync, even when its copies
+    /// land on the last flush's frames — the copies that very write puts at risk.
+    UnguardedOverlap,
 }
 
 /// Options of [`Wal::open`].
@@ -157,6 +160,15 @@ pub struct WalOptions {
     pub prepare_segments: bool,
     #[doc(hidden)]
     pub weakness: Option<Weakness>,
+}
+
+impl WalOptions {
+    /// Whether a weakness changes the write path or recovery beyond the one check it
+    /// removes (`UnguardedOverlap` removes only the overlap guard).
+    pub(crate) fn weakened(&self) -> bool {
+        self.weakness
+            .is_some_and(|w| w != Weakness::UnguardedOverlap)
+    }
 }
 
 impl Default for WalOptions {
@@ -229,6 +241,9 @@ pub struct WalStats {
     pub dwb_bytes_written: u64,
     pub wal_syncs: u64,
     pub dwb_syncs: u64,
+    /// DWB syncs that ran alongside their commit's WAL sync (see the writer's module
+    /// documentation); the others ran before the WAL write.
+    pub overlapped_syncs: u64,
     pub padding_bytes: u64,
     pub segment_rolls: u64,
     /// Records acknowledged while at risk without a DWB copy. Zero unless the DWB failed
@@ -479,7 +494,7 @@ impl Wal {
         // Copies of records at or past the recovered end belong to a commit that never
         // completed; their LSNs will be reused, so they must never be found again.
         if let Some(dwb) = &dwb {
-            if options.weakness.is_none() {
+            if !options.weakened() {
                 dwb.void_from(recovered.next_lsn)?;
             }
         }

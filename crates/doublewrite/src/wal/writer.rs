@@ -6,8 +6,18 @@
 //!    partial block at the end of the log. The commit's first write rewrites that block
 //!    (the page cache writes whole pages; direct I/O writes whole blocks), so while it is
 //!    in flight those records could tear. Nothing else acknowledged is ever rewritten.
+//!    The same flush copies the commit's own records that will end in its partial last
+//!    block: the next commit's at-risk set.
 //! 2. **WAL write** of the commit's bytes (in direct mode, of whole blocks).
 //! 3. **WAL sync** (fdatasync). Only now are the commit's records acknowledged.
+//!
+//! So the last flush always holds a copy of every record of the tail. When this commit's
+//! flush would leave the last flush's frames intact, step 1's sync is not needed before
+//! the WAL write — the copies that write puts at risk are already durable — and the
+//! commit instead writes its copies and its records, then runs the two fdatasyncs
+//! overlapped (one sync's latency instead of two in a row). The records are acknowledged
+//! when both are done. Otherwise (the flush would wrap onto the last one, the session's
+//! first commit, after a failure) the steps run in order.
 //!
 //! A commit whose last block would hold a record too large for a DWB slot, every commit
 //! under `TailProtection::Pad`, every commit in direct-I/O mode, and every commit while
@@ -31,7 +41,14 @@ use super::{ProtectionState, RecordInput, TailProtection, WalOptions, WalStats, 
 /// The outcome of protecting a commit's at-risk records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Protected {
+    /// Nothing copied: nothing is at risk, or there is no DWB to copy to.
     Done,
+    /// The copies are durable. `covers_tail`: they include every record the commit
+    /// leaves in its partial last block.
+    Flushed { covers_tail: bool },
+    /// The copies are staged; the at-risk ones are durable from the last flush, which
+    /// this one spares: flush alongside the WAL sync.
+    Deferred { covers_tail: bool },
     /// They cannot be protected where the commit would go: start a new segment.
     NeedsFreshSegment,
 }
@@ -39,7 +56,7 @@ enum Protected {
 /// The segment being appended to.
 #[derive(Debug)]
 struct Active {
-    file: Box<dyn VfsFile>,
+    file: Arc<dyn VfsFile>,
     path: PathBuf,
     first_lsn: u64,
     /// Protection block: the unit the device or page cache rewrites; also direct-I/O
@@ -77,6 +94,8 @@ pub(crate) struct Writer {
     poisoned: Option<String>,
     /// A new segment's directory entry is not yet known durable.
     dir_sync_pending: bool,
+    /// The DWB's last flush holds a copy of every record of `tail`.
+    tail_copied: bool,
     pub(crate) stats: WalStats,
     buf: AlignedBuf,
     /// The next segment, being prepared on a background thread.
@@ -164,7 +183,7 @@ impl Writer {
             .first()
             .map_or(last.end_offset, |r| r.offset);
         let active = Active {
-            file,
+            file: Arc::from(file),
             path: last.file.path.clone(),
             first_lsn: last.file.first_lsn,
             block,
@@ -186,6 +205,7 @@ impl Writer {
             },
             poisoned: None,
             dir_sync_pending: false,
+            tail_copied: false,
             stats: WalStats::default(),
             buf: AlignedBuf::new(block_bytes, block_bytes),
             options,
@@ -259,10 +279,10 @@ impl Writer {
 
     /// Whether commits must end on a block boundary (see the module documentation).
     fn always_pad(&self) -> bool {
+        let weakened = self.options.weakened();
         self.options.direct_io
-            || (self.options.tail_protection == TailProtection::Pad
-                && self.options.weakness.is_none())
-            || ((self.dwb.is_none() || self.dwb_failed) && self.options.weakness.is_none())
+            || (self.options.tail_protection == TailProtection::Pad && !weakened)
+            || ((self.dwb.is_none() || self.dwb_failed) && !weakened)
     }
 
     /// Commits the records of `requests` as one commit and returns the first LSN.
@@ -358,7 +378,8 @@ impl Writer {
             // Sealed for the segment the commit now goes to (same sizes, new epoch).
             (body, spans) = self.encode(first_lsn, requests);
         }
-        if self.protect(base, &body, &spans)? == Protected::NeedsFreshSegment {
+        let mut protected = self.protect(base, &body, &spans)?;
+        if protected == Protected::NeedsFreshSegment {
             // The DWB failed (degraded policy): a new segment rewrites nothing
             // acknowledged; if even that fails, the at-risk records were counted.
             if self
@@ -369,6 +390,7 @@ impl Writer {
                     (body, spans) = self.encode(first_lsn, requests);
                 }
                 base = self.place(first_lsn, &body, &spans, force_pad)?;
+                protected = Protected::Done;
             } else {
                 let at_risk = self.at_risk(base).len() as u64;
                 self.stats.unprotected_records += at_risk;
@@ -387,15 +409,33 @@ impl Writer {
             self.stats.padding_bytes += pad_len;
         }
         let end = base + body.len() as u64;
+        let deferred = matches!(protected, Protected::Deferred { .. });
         if let Err(e) = self.write_wal(base, &body) {
-            return Err(self.undo_failed_write(e));
+            if deferred {
+                // Nothing of this commit reached the DWB; the last flush still protects.
+                if let Some(dwb) = &self.dwb {
+                    dwb.discard_pending();
+                }
+                return Err(self.undo_failed_write(e, false));
+            }
+            return Err(self.undo_failed_write(e, true));
         }
-        if let Err(e) = self.active.file.sync_data() {
+        let (synced, copies_durable) = if deferred {
+            self.flush_alongside_wal_sync()
+        } else {
+            (self.active.file.sync_data(), true)
+        };
+        if let Err(e) = synced {
             let detail = format!("fdatasync of {} failed: {e}", self.active.path.display());
             self.poisoned = Some(detail.clone());
             return Err(Error::WalPoisoned { detail });
         }
         self.stats.wal_syncs += 1;
+        self.tail_copied = match protected {
+            Protected::Flushed { covers_tail } => covers_tail,
+            Protected::Deferred { covers_tail } => covers_tail && copies_durable,
+            Protected::Done | Protected::NeedsFreshSegment => false,
+        };
         self.stats.commits += 1;
         self.stats.records += record_count;
         self.active.end = end;
@@ -473,7 +513,7 @@ impl Writer {
             }),
             None => false,
         };
-        let reference_like = self.options.weakness.is_some();
+        let reference_like = self.options.weakened();
         let pad = force_pad
             || self.always_pad()
             || ((unmirrorable || self.at_risk_would_overflow(base, end, spans)) && !reference_like);
@@ -512,8 +552,9 @@ impl Writer {
         };
         let Some(dwb) = usable else {
             // Without a DWB every commit ends on a block boundary, and a log whose end
-            // is not on one gets a fresh segment at open: nothing is ever at risk here.
-            debug_assert!(at_risk.is_empty(), "at-risk records without a DWB");
+            // is not on one gets a fresh segment at open. Only the commit whose
+            // overlapped flush found the DWB broken can have left records at risk: the
+            // next one goes to a fresh segment.
             return Ok(if at_risk.is_empty() {
                 Protected::Done
             } else {
@@ -524,7 +565,7 @@ impl Writer {
             return Ok(Protected::Done);
         }
         let at_risk_bytes = frame_bytes(at_risk.iter());
-        if weakness.is_none() && at_risk_bytes > dwb.geometry().ring_bytes() / 2 {
+        if !self.options.weakened() && at_risk_bytes > dwb.geometry().ring_bytes() / 2 {
             // Only a tail recovered from an earlier session can be this large (commits
             // that would leave one are padded): one flush could not hold it.
             return Ok(Protected::NeedsFreshSegment);
@@ -534,12 +575,13 @@ impl Writer {
             // padded), and the writer rolls past those at open.
             return Ok(Protected::NeedsFreshSegment);
         }
-        let result = (|| {
+        let staged: Result<bool> = (|| {
             for span in &at_risk {
                 let from = (span.offset - self.tail.start) as usize;
                 let bytes = &self.tail.bytes[from..from + span.len as usize];
                 let _ = dwb.write_encoded_deferred(bytes)?;
             }
+            let mut covers_tail = true;
             if mirror_own {
                 let budget = dwb.geometry().ring_bytes() / 2;
                 let mut used = at_risk_bytes;
@@ -551,18 +593,32 @@ impl Writer {
                 }) {
                     used += frame_bytes(std::iter::once(span));
                     if used > budget {
+                        covers_tail = false;
                         break;
                     }
                     let from = span.offset as usize;
                     let _ = dwb.write_encoded_deferred(&body[from..from + span.len as usize])?;
                 }
             }
-            dwb.flush()
+            Ok(covers_tail)
         })();
+        let result = staged.and_then(|covers_tail| {
+            let overlap = weakness.is_none() || weakness == Some(Weakness::UnguardedOverlap);
+            let spared = weakness == Some(Weakness::UnguardedOverlap)
+                || at_risk.is_empty()
+                || (self.tail_copied && dwb.next_flush_spares_last());
+            if overlap && spared {
+                return Ok(Protected::Deferred { covers_tail });
+            }
+            dwb.flush()?;
+            Ok(Protected::Flushed { covers_tail })
+        });
         match result {
-            Ok(()) => {
-                self.stats.dwb_syncs += 1;
-                Ok(Protected::Done)
+            Ok(protected) => {
+                if let Protected::Flushed { .. } = protected {
+                    self.stats.dwb_syncs += 1;
+                }
+                Ok(protected)
             }
             Err(e) => {
                 dwb.discard_pending();
@@ -579,6 +635,32 @@ impl Writer {
                         Protected::NeedsFreshSegment
                     })
                 }
+            }
+        }
+    }
+
+    /// Steps 1 and 3 overlapped (see the module documentation): the staged copies are
+    /// written and their fdatasync runs alongside the WAL's. Returns the WAL sync's
+    /// outcome and whether the copies are durable. A failed flush fails nothing: this
+    /// commit's at-risk records were protected by the last flush; the next commit flushes
+    /// before its WAL write (and under the strict policy reports a DWB that still fails),
+    /// or under the degraded policy rewrites nothing acknowledged.
+    fn flush_alongside_wal_sync(&mut self) -> (std::io::Result<()>, bool) {
+        let Some(dwb) = &self.dwb else {
+            return (self.active.file.sync_data(), false);
+        };
+        let (copies, wal) = dwb.flush_alongside(self.vfs.as_ref(), &self.active.file);
+        match copies {
+            Ok(()) => {
+                self.stats.dwb_syncs += 1;
+                self.stats.overlapped_syncs += 1;
+                (wal, true)
+            }
+            Err(_) => {
+                if self.options.protection != super::Protection::Strict {
+                    self.dwb_failed = true;
+                }
+                (wal, false)
             }
         }
     }
@@ -673,14 +755,14 @@ impl Writer {
     /// while this commit's DWB copies still protect the tail block, then void those copies
     /// so a refused record's copy can never stand in for the record that reuses its LSN.
     /// If the clean-up itself fails, nothing can be promised: the writer poisons itself.
-    fn undo_failed_write(&mut self, error: Error) -> Error {
+    fn undo_failed_write(&mut self, error: Error, flushed: bool) -> Error {
         if let Err(cleanup) = self.clean_active() {
             let detail = format!("a failed write ({error}) could not be undone: {cleanup}");
             self.poisoned = Some(detail.clone());
             return Error::WalPoisoned { detail };
         }
         if let Some(dwb) = &self.dwb {
-            if self.options.weakness.is_none() {
+            if flushed && !self.options.weakened() {
                 dwb.retract_last_flush();
             }
         }
@@ -782,7 +864,7 @@ impl Writer {
             path: path.clone(),
         });
         self.active = Active {
-            file,
+            file: Arc::from(file),
             path,
             first_lsn,
             block,
