@@ -244,7 +244,7 @@ async function device() {
   if (typeof binding?.benchDeviceLimit !== 'function') {
     throw new Error('the built binding has no benchDeviceLimit: rebuild the package (npm run build)')
   }
-  const r = await binding.benchDeviceLimit(spec.dir, spec.files, spec.blockSize, spec.seconds, spec.direct)
+  const r = await binding.benchDeviceLimit(spec.dir, spec.files, spec.blockSize, spec.seconds, spec.direct, spec.overlap ?? false)
   return {
     seconds: r.seconds,
     commits: r.cycles,

@@ -148,6 +148,7 @@ const CONCURRENT_PEERS = ['lmdb', 'classic-level-sync']
 const DEVICE = [
   { id: 'device-1file', files: 1, direct: false, note: 'write+fdatasync, 1 preallocated file' },
   { id: 'device-2file', files: 2, direct: false, note: 'two-file cycle (least a DWB commit costs)' },
+  { id: 'device-2file-overlap', files: 2, direct: false, overlap: true, note: 'two-file cycle, both fdatasyncs at once (as a steady-state mirror commit)' },
   { id: 'device-1file-odirect', files: 1, direct: true, note: 'as device-1file, O_DIRECT' },
   { id: 'device-2file-odirect', files: 2, direct: true, note: 'as device-2file, O_DIRECT' },
 ]
@@ -156,7 +157,7 @@ function buildCells(o) {
   const cells = []
   const add = (cell) => cells.push(cell)
   for (const d of DEVICE) {
-    add({ id: d.id, group: 'device', kind: 'device', contestant: d.id, workload: 'device', size: 4096, files: d.files, direct: d.direct, blockSize: 4096, note: d.note })
+    add({ id: d.id, group: 'device', kind: 'device', contestant: d.id, workload: 'device', size: 4096, files: d.files, direct: d.direct, overlap: d.overlap ?? false, blockSize: 4096, note: d.note })
   }
   for (const size of o.sizes) {
     for (const c of [...OURS_ALL, ...SERIAL_PEERS]) {

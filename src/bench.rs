@@ -1,13 +1,15 @@
 //! Benchmark support (not part of the public TypeScript API): the device limit, measured
 //! by `bench/run.mjs` in the same run as everything it is compared with.
 //!
-//! `benchDeviceLimit(dir, files, blockSize, seconds, direct?)` prepares `files` files of
+//! `benchDeviceLimit(dir, files, blockSize, seconds, direct?, overlap?)` prepares `files` files of
 //! [`FILE_BYTES`] each, written in full and synced (so every later write overwrites
 //! allocated, initialised blocks, as the WAL's zero-filled segments and the DWB are), then
 //! for `seconds` runs cycles of: for each file in turn, write `blockSize` bytes at the
 //! file's next block (sequential, wrapping) and `fdatasync` it. One file is the floor of a
 //! single durable write; two files is the least a DWB commit can cost (DWB write + sync,
-//! then WAL write + sync). It runs on the libuv pool and goes through the core's I/O seam
+//! then WAL write + sync). With `overlap` (two files), each cycle writes both files and then
+//! runs their two fdatasyncs at once through `Vfs::sync_data_pair`, as a steady-state
+//! `'mirror'` commit does. It runs on the libuv pool and goes through the core's I/O seam
 //! (`StdVfs`), so `direct` uses exactly the O_DIRECT path the WAL uses.
 #![cfg_attr(
     test,
@@ -18,6 +20,7 @@
 )]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use doublewrite::align::AlignedBuf;
@@ -61,9 +64,14 @@ pub fn bench_device_limit(
     block_size: u32,
     seconds: f64,
     direct: Option<bool>,
+    overlap: Option<bool>,
 ) -> Result<AsyncTask<DeviceLimit>> {
     if !(1..=16).contains(&files) {
         return Err(coded(ERR_OUT_OF_RANGE, "\"files\" must be 1 to 16"));
+    }
+    let overlap = overlap.unwrap_or(false);
+    if overlap && files != 2 {
+        return Err(coded(ERR_OUT_OF_RANGE, "\"overlap\" needs exactly 2 files"));
     }
     if block_size == 0 || u64::from(block_size) > FILE_BYTES / 4 {
         return Err(coded(
@@ -80,6 +88,7 @@ pub fn bench_device_limit(
         block_size,
         seconds,
         direct: direct.unwrap_or(false),
+        overlap,
     }))
 }
 
@@ -89,6 +98,7 @@ pub struct DeviceLimit {
     block_size: u32,
     seconds: f64,
     direct: bool,
+    overlap: bool,
 }
 
 fn io_error(what: &str, path: &Path, error: std::io::Error) -> napi::Error {
@@ -130,10 +140,11 @@ impl DeviceLimit {
         for path in &paths {
             prepare(&vfs, path)?;
         }
-        let handles: Vec<Box<dyn VfsFile>> = paths
+        let handles: Vec<Arc<dyn VfsFile>> = paths
             .iter()
             .map(|path| {
                 vfs.open(path, OpenOptions::read_write().with_direct(self.direct))
+                    .map(Arc::from)
                     .map_err(|e| io_error("open", path, e))
             })
             .collect::<Result<_>>()?;
@@ -156,6 +167,21 @@ impl DeviceLimit {
 
         let cycle = |n: u64, write_time: &mut Duration, sync_time: &mut Duration| {
             let offset = (n % slots) * block;
+            if self.overlap {
+                let t0 = Instant::now();
+                for (file, path) in handles.iter().zip(&paths) {
+                    write_all_at(file.as_ref(), buf.as_slice(), offset)
+                        .map_err(|e| io_error("write", path, e))?;
+                }
+                let t1 = Instant::now();
+                let (first, second) = vfs.sync_data_pair(&handles[0], &handles[1]);
+                first.map_err(|e| io_error("fdatasync", &paths[0], e))?;
+                second.map_err(|e| io_error("fdatasync", &paths[1], e))?;
+                // Per call, as in the serial cycle: each sync took the pair's time.
+                *write_time += t1 - t0;
+                *sync_time += t1.elapsed() * 2;
+                return Ok(());
+            }
             for (file, path) in handles.iter().zip(&paths) {
                 let t0 = Instant::now();
                 write_all_at(file.as_ref(), buf.as_slice(), offset)
