@@ -704,14 +704,14 @@ export function dwbBytesWrittenTotal(): bigint {
 
 /** What to do when the DWB cannot be written. */
 export type Protection =
-  /** Refuse the commit (`ERR_DWB_UNAVAILABLE`) before any WAL byte is written: an acknowledged record is never unprotected. */
+  /** Refuse a commit whose at-risk records cannot get durable DWB copies (`ERR_DWB_UNAVAILABLE`) before any of its WAL bytes is written: an acknowledged record is never unprotected. */
   | 'strict'
   /** Acknowledge anyway, count the records that were at risk without a copy, and pad every later commit. */
   | 'degraded'
 
 /** What protects acknowledged records from the next commit's write. */
 export type TailProtection =
-  /** Commits are packed; the acknowledged records in the partial last block get synced DWB copies before it is rewritten. No wasted space. */
+  /** Commits are packed; the records a commit leaves in the partial last block get DWB copies, synced alongside its WAL sync, so they are durable before the next commit rewrites that block. No wasted space. */
   | 'mirror'
   /** Every commit ends on a block boundary with a padding record, so no block holding acknowledged bytes is written again. One sync per commit. */
   | 'pad'

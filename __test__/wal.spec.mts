@@ -55,9 +55,10 @@ test('64 concurrent appends each get their own distinct LSN, share few commits, 
   t.true(stats.commits < 64n, `group commit: ${stats.commits} commits for 64 appends`)
   t.is(stats.walSyncs, stats.commits)
   // 'mirror': one DWB sync per commit, overlapped with the WAL sync (the previous commit's
-  // flush holds the copies each WAL write puts at risk).
+  // flush holds the copies each WAL write puts at risk) unless its flush would wrap onto a
+  // page of the previous one.
   t.is(stats.dwbSyncs, stats.commits)
-  t.is(stats.overlappedSyncs, stats.commits)
+  t.true(stats.overlappedSyncs > 0n && stats.overlappedSyncs >= stats.commits - 1n, `${stats.overlappedSyncs} of ${stats.commits}`)
   const records = await replayAll(wal)
   t.is(records.length, 64)
   records.forEach((record, i) => {

@@ -7,6 +7,14 @@
 /// Alignment used when the file system does not report one.
 pub const DEFAULT_ALIGNMENT: usize = 4096;
 
+/// The page the page cache writes back whole: a buffered write of any byte of a page may
+/// rewrite (and, when power fails, tear) every sector of it.
+pub const PAGE_BYTES: u64 = if cfg!(all(target_vendor = "apple", target_arch = "aarch64")) {
+    16 * 1024
+} else {
+    4096
+};
+
 /// Rounds `value` up to a multiple of `align` (a power of two).
 pub fn round_up(value: u64, align: u64) -> u64 {
     debug_assert!(align.is_power_of_two());

@@ -277,12 +277,25 @@ struct FrameRef {
     record_len: u32,
 }
 
+/// Where a flush starts in the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// At the next block boundary after the last flush (back at 0 when it does not fit
+    /// before the end).
+    Next,
+    /// At the next page boundary of the file, so that writing it rewrites no page holding
+    /// an earlier flush's bytes (back at the first page when it does not fit).
+    OwnPage,
+}
+
+/// A staged copy: (LSN, offset of its frame in `Staging::frames`, record length).
+type StagedEntry = (u64, usize, u32);
+
 /// Copies staged since the last flush, laid out as frames with blank prefixes.
 #[derive(Debug)]
 struct Staging {
     frames: AlignedBuf,
-    /// (LSN, offset of the frame in `frames`, record length)
-    entries: Vec<(u64, usize, u32)>,
+    entries: Vec<StagedEntry>,
 }
 
 /// Everything that touches the file, behind one lock.
@@ -556,16 +569,12 @@ impl DoubleWriteBuffer {
     /// attempt wrote is zeroed by the next flush.
     pub fn flush(&self) -> Result<()> {
         let mut ring = lock(&self.ring);
-        let (mut frames, entries) = {
-            let mut staging = lock(&self.staging);
-            if staging.entries.is_empty() && ring.erase.is_none() {
-                return Ok(());
-            }
-            let block = self.geometry.block_size_bytes as usize;
-            let taken = std::mem::replace(&mut staging.frames, AlignedBuf::new(block * 4, block));
-            (taken, std::mem::take(&mut staging.entries))
+        let Some((mut frames, entries)) = self.take_staged(&ring) else {
+            return Ok(());
         };
-        match self.flush_frames(&mut ring, &mut frames, &entries, |file| file.sync_data()) {
+        match self.flush_frames(&mut ring, &mut frames, &entries, Placement::Next, |file| {
+            file.sync_data()
+        }) {
             Ok(()) => Ok(()),
             Err(e) => {
                 // Put the copies back in front of anything staged meanwhile.
@@ -630,9 +639,29 @@ impl DoubleWriteBuffer {
         Ok(stale.len())
     }
 
+    /// Takes the staged copies for a flush: `None` when nothing is staged and nothing is
+    /// waiting to be erased.
+    fn take_staged(&self, ring: &Ring) -> Option<(AlignedBuf, Vec<StagedEntry>)> {
+        let mut staging = lock(&self.staging);
+        if staging.entries.is_empty() && ring.erase.is_none() {
+            return None;
+        }
+        let block = self.geometry.block_size_bytes as usize;
+        let taken = std::mem::replace(&mut staging.frames, AlignedBuf::new(block * 4, block));
+        Some((taken, std::mem::take(&mut staging.entries)))
+    }
+
+    /// The unit the page cache writes back, as a multiple of this file's blocks.
+    fn page_bytes(&self) -> u64 {
+        u64::from(self.geometry.block_size_bytes).max(crate::align::PAGE_BYTES)
+    }
+
     /// Whether flushing the copies staged now would leave every frame of the last flush
     /// intact (and erase nothing). The WAL then needs no DWB sync before its write: the
-    /// last flush already holds the copies that write puts at risk.
+    /// last flush already holds the copies that write puts at risk. Such a flush starts on
+    /// a page of its own (see [`Placement::OwnPage`]), and must share no page with the
+    /// last flush: writeback rewrites whole pages, and a page being written when power
+    /// fails may tear in any sector, also in bytes the write did not change.
     pub fn next_flush_spares_last(&self) -> bool {
         let ring = lock(&self.ring);
         let staging = lock(&self.staging);
@@ -643,63 +672,97 @@ impl DoubleWriteBuffer {
             return false;
         }
         let len = staging.frames.len() as u64;
-        let start = self.flush_start(&ring, len);
-        let end = start + round_up(len, u64::from(self.geometry.block_size_bytes));
-        len == 0 || end <= last_start || start >= last_end
+        if len == 0 {
+            return true;
+        }
+        let Some(start) = self.flush_start(&ring, len, Placement::OwnPage) else {
+            return false;
+        };
+        let block = u64::from(self.geometry.block_size_bytes);
+        let page = self.page_bytes();
+        let offset = self.geometry.ring_offset_bytes();
+        let (last_first, last_past) = (
+            round_down(offset + last_start, page),
+            round_up(offset + last_end, page),
+        );
+        let (first, past) = (
+            round_down(offset + start, page),
+            round_up(offset + start + round_up(len, block), page),
+        );
+        past <= last_first || first >= last_past
     }
 
-    /// Flushes the staged copies like [`flush`](Self::flush), their fdatasync overlapped
-    /// with `other`'s (through `vfs`; see [`Vfs::sync_data_pair`]). Returns the flush's
-    /// outcome and `other`'s sync outcome; `other` is synced whatever happens to the
-    /// flush. On failure the staged copies are dropped (not kept for a retry) and
+    /// Flushes the staged copies like [`flush`](Self::flush), on a page of their own,
+    /// their fdatasync overlapped with `other`'s (through `vfs`; see
+    /// [`Vfs::sync_data_pair`]). Returns the flush's outcome — `Ok(false)` when there was
+    /// nothing to flush — and `other`'s sync outcome; `other` is synced whatever happens
+    /// to the flush. On failure the staged copies are dropped (not kept for a retry) and
     /// whatever reached the file is zeroed by the next flush.
     pub fn flush_alongside(
         &self,
         vfs: &dyn Vfs,
         other: &Arc<dyn VfsFile>,
-    ) -> (Result<()>, std::io::Result<()>) {
+    ) -> (Result<bool>, std::io::Result<()>) {
         let mut ring = lock(&self.ring);
-        let (mut frames, entries) = {
-            let mut staging = lock(&self.staging);
-            if staging.entries.is_empty() && ring.erase.is_none() {
-                return (Ok(()), other.sync_data());
-            }
-            let block = self.geometry.block_size_bytes as usize;
-            let taken = std::mem::replace(&mut staging.frames, AlignedBuf::new(block * 4, block));
-            (taken, std::mem::take(&mut staging.entries))
+        let Some((mut frames, entries)) = self.take_staged(&ring) else {
+            return (Ok(false), other.sync_data());
         };
         let mut other_result = None;
-        let result = self.flush_frames(&mut ring, &mut frames, &entries, |file| {
-            let (mine, theirs) = vfs.sync_data_pair(file, other);
-            other_result = Some(theirs);
-            mine
-        });
+        let result = self.flush_frames(
+            &mut ring,
+            &mut frames,
+            &entries,
+            Placement::OwnPage,
+            |file| {
+                let (mine, theirs) = vfs.sync_data_pair(file, other);
+                other_result = Some(theirs);
+                mine
+            },
+        );
         let other_result = other_result.unwrap_or_else(|| other.sync_data());
-        (result, other_result)
+        (result.map(|()| true), other_result)
     }
 
-    /// Where a flush of `len` bytes starts: at the write position, or back at 0 when it
-    /// would run past the end of the ring.
-    fn flush_start(&self, ring: &Ring, len: u64) -> u64 {
-        if ring.write_pos + len > self.geometry.ring_bytes() {
-            0
-        } else {
-            ring.write_pos
+    /// Where a flush of `len` bytes starts (see [`Placement`]), or `None` when it cannot
+    /// start on a page of its own anywhere in the ring.
+    fn flush_start(&self, ring: &Ring, len: u64, placement: Placement) -> Option<u64> {
+        let ring_bytes = self.geometry.ring_bytes();
+        let unit = match placement {
+            Placement::Next => {
+                return Some(if ring.write_pos + len > ring_bytes {
+                    0
+                } else {
+                    ring.write_pos
+                })
+            }
+            Placement::OwnPage => self.page_bytes(),
+        };
+        // Pages are of the file: the ring starts after the header block.
+        let offset = self.geometry.ring_offset_bytes();
+        let at = round_up(offset + ring.write_pos, unit) - offset;
+        if at + len <= ring_bytes {
+            return Some(at);
         }
+        let first = round_up(offset, unit) - offset;
+        (first + len <= ring_bytes).then_some(first)
     }
 
     fn flush_frames(
         &self,
         ring: &mut Ring,
         frames: &mut AlignedBuf,
-        entries: &[(u64, usize, u32)],
+        entries: &[StagedEntry],
+        placement: Placement,
         sync: impl FnOnce(&Arc<dyn VfsFile>) -> std::io::Result<()>,
     ) -> Result<()> {
         let block = u64::from(self.geometry.block_size_bytes);
         let ring_bytes = self.geometry.ring_bytes();
         let len = frames.len() as u64;
         debug_assert!(len <= ring_bytes, "staging keeps a flush within the ring");
-        let start = self.flush_start(ring, len);
+        let start = self
+            .flush_start(ring, len, placement)
+            .or_else(|| self.flush_start(ring, len, Placement::Next))
+            .expect("a flush within the ring always has a next position");
         let first_seq = ring.next_seq;
         for (i, &(_, at, record_len)) in entries.iter().enumerate() {
             let prefix = encode_frame_prefix(record_len, first_seq + i as u64, self.geometry.salt);

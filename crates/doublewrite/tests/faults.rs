@@ -384,3 +384,61 @@ fn reopen_after_a_failed_sync_reads_what_the_device_holds() {
         }
     }
 }
+
+/// A commit that must move to a new segment (its at-risk records cannot be protected:
+/// the DWB failed under the degraded policy) and whose roll fails after the writer adopted
+/// the new segment — at whichever sync a fault lands — is refused or lands at the new
+/// segment's start: an acknowledged record is never written at the old segment's offset in
+/// the new file (after zeros, where recovery would stop before it).
+#[test]
+fn a_failed_sync_during_a_rescue_roll_loses_nothing() {
+    let options = WalOptions {
+        protection: Protection::Degraded,
+        prepare_segments: false,
+        ..small()
+    };
+    let mut refused = 0;
+    for k in 1..=40 {
+        let env = Env::sim();
+        let sim = env.sim.clone().unwrap();
+        let wal = env.open(options).unwrap();
+        wal.append(put(1, 100)).unwrap();
+        sim.set_plan(FaultPlan {
+            at_point: Some(FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::FailSync)),
+            ..FaultPlan::default()
+        });
+        assert_eq!(wal.append(put(2, 100)).unwrap(), 2);
+        assert_eq!(wal.protection().state, ProtectionState::Degraded);
+        sim.set_plan(FaultPlan {
+            fail_sync_at: [sim.mutation_count() + k].into(),
+            ..FaultPlan::default()
+        });
+        let mut acked = 2;
+        match wal.append(put(3, 100)) {
+            Ok(3) => acked = 3,
+            Ok(lsn) => panic!("LSN {lsn}"),
+            Err(_) => {
+                refused += 1;
+                sim.set_plan(FaultPlan::default());
+                if wal.append(put(3, 100)).is_ok() {
+                    acked = 3;
+                }
+            }
+        }
+        sim.power_off();
+        drop(wal);
+        sim.crash(&mut SimRng::new(k), TearPolicy::Random);
+        let wal = env.open(options).unwrap();
+        let records = replay_all(&wal);
+        assert!(
+            records.len() >= acked,
+            "k {k}: {} records, {acked} acknowledged",
+            records.len()
+        );
+        for (i, (lsn, bytes)) in records.iter().enumerate() {
+            assert_eq!(*lsn, i as u64 + 1, "k {k}");
+            assert!(bytes == &payload(*lsn, 100), "k {k}: LSN {lsn} is intact");
+        }
+    }
+    assert!(refused > 0, "some faults landed on a sync of the roll");
+}

@@ -662,3 +662,49 @@ fn a_payload_embedding_a_frame_is_not_a_copy(env: &Env) {
     );
     assert_eq!(dwb.indexed_lsns(), vec![1]);
 }
+
+/// With 512-byte blocks behind a 4 KiB page, a flush overlapped with the WAL's sync starts
+/// on a page of its own: writeback of it rewrites no page holding the last flush's frames
+/// (the copies the WAL write in flight relies on). A plain flush still packs at the next
+/// block, and `next_flush_spares_last` is false while nothing protects the WAL write.
+#[test]
+fn an_overlapped_flush_shares_no_page_with_the_last() {
+    let env = Env::sim();
+    env.sim.as_ref().unwrap().set_direct_io_alignment(512);
+    let dwb = env.buffered();
+    let block = u64::from(dwb.geometry().block_size_bytes);
+    let offset = dwb.geometry().ring_offset_bytes();
+    assert_eq!(block, 512);
+    assert!(!dwb.next_flush_spares_last(), "there is no last flush yet");
+    mirrored(dwb.write_record(&rec(1, b"first")));
+    mirrored(dwb.write_record_deferred(&rec(2, b"second")));
+    assert!(dwb.next_flush_spares_last());
+    let other: Arc<dyn VfsFile> = Arc::from(
+        env.vfs
+            .open(&env.dir.join("other"), OpenOptions::create_new())
+            .unwrap(),
+    );
+    let (copies, synced) = dwb.flush_alongside(env.vfs.as_ref(), &other);
+    assert!(copies.unwrap(), "the staged copy was flushed");
+    synced.unwrap();
+    mirrored(dwb.write_record(&rec(3, b"third")));
+    let frames = dwb.frames();
+    let end = |i: usize| frames[i].2 + (FRAME_PREFIX_SIZE as u64) + u64::from(frames[i].3);
+    let page = crate::align::PAGE_BYTES;
+    assert_eq!(
+        (offset + frames[1].2) % page,
+        0,
+        "overlapped flush on a page boundary"
+    );
+    assert!(offset + frames[1].2 >= round_up(offset + end(0), page));
+    assert_eq!(frames[2].2, round_up(end(1), block), "a plain flush packs");
+    for lsn in 1..=3 {
+        assert!(dwb.recover_record(lsn).unwrap().is_some());
+    }
+    drop(dwb);
+    assert_eq!(
+        env.buffered().indexed_lsns(),
+        vec![1, 2, 3],
+        "a reopen finds all three"
+    );
+}

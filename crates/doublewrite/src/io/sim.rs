@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{FileKind, OpenOptions, Vfs, VfsFile};
+use crate::align::PAGE_BYTES;
 
 /// Granularity at which the simulated device tears writes.
 pub const SECTOR_SIZE: usize = 512;
@@ -836,8 +837,16 @@ impl VfsFile for SimFile {
         if len > 0 {
             let first = (start / SECTOR_SIZE) as u64;
             let last = ((end - 1) / SECTOR_SIZE) as u64;
-            inode.dirty_sectors.insert_range(first, last);
             inode.failed_sectors.remove_range(first, last);
+            // Through the page cache a write dirties whole pages, and writeback rewrites
+            // every sector of them: a crash may tear those the write did not change too.
+            let (first, last) = if self.direct {
+                (first, last)
+            } else {
+                let page = (PAGE_BYTES as usize / SECTOR_SIZE) as u64;
+                (first / page * page, (last / page + 1) * page - 1)
+            };
+            inode.dirty_sectors.insert_range(first, last);
         }
         match mutation {
             Mutation::PowerLoss => Err(powered_off_error()),
@@ -964,22 +973,54 @@ mod tests {
         let (vfs, dir) = setup();
         let path = dir.join("f");
         let f = vfs.open(&path, OpenOptions::create_new()).unwrap();
-        write_all_at(f.as_ref(), &[7u8; 2048], 0).unwrap();
+        write_all_at(f.as_ref(), &[7u8; 3 * PAGE], 0).unwrap();
         f.sync_data().unwrap();
         vfs.sync_dir(&dir).unwrap();
-        write_all_at(f.as_ref(), &[9u8; 1024], 512).unwrap();
+        write_all_at(f.as_ref(), &[9u8; 1024], PAGE as u64 + 512).unwrap();
         drop(f);
         for seed in 0..50 {
             let copy = vfs.clone();
             let before = copy.read_file(&path).unwrap();
-            assert_eq!(&before[512..1536], &[9u8; 1024]);
+            assert_eq!(&before[PAGE + 512..PAGE + 1536], &[9u8; 1024]);
             copy.crash(&mut SimRng::new(seed), TearPolicy::Random);
             let after = copy.read_file(&path).unwrap();
-            assert_eq!(&after[..512], &[7u8; 512], "synced sector changed");
-            assert_eq!(&after[1536..2048], &[7u8; 512], "synced sector changed");
+            assert_eq!(&after[..PAGE], &[7u8; PAGE], "synced page changed");
+            assert_eq!(&after[2 * PAGE..], &[7u8; PAGE], "synced page changed");
             // Re-dirty for the next round.
             let f = copy.open(&path, OpenOptions::read_write()).unwrap();
-            write_all_at(f.as_ref(), &[9u8; 1024], 512).unwrap();
+            write_all_at(f.as_ref(), &[9u8; 1024], PAGE as u64 + 512).unwrap();
+        }
+    }
+
+    const PAGE: usize = PAGE_BYTES as usize;
+
+    /// Through the page cache, a write of part of a page puts the whole page at risk:
+    /// writeback rewrites it, and a crash may tear sectors the write did not change.
+    /// With direct I/O only the written sectors are.
+    #[test]
+    fn a_buffered_write_puts_its_whole_page_at_risk() {
+        for direct in [false, true] {
+            let (vfs, dir) = setup();
+            vfs.set_direct_io_alignment(512);
+            let path = dir.join("f");
+            let f = vfs
+                .open(&path, OpenOptions::create_new().with_direct(direct))
+                .unwrap();
+            let mut buf = crate::align::AlignedBuf::new(PAGE, PAGE);
+            buf.resize_zeroed(PAGE);
+            buf.as_mut_slice().fill(7);
+            write_all_at(f.as_ref(), buf.as_slice(), 0).unwrap();
+            f.sync_data().unwrap();
+            vfs.sync_dir(&dir).unwrap();
+            buf.as_mut_slice()[..512].fill(9);
+            write_all_at(f.as_ref(), &buf.as_slice()[..512], 0).unwrap();
+            drop(f);
+            let torn_elsewhere = (0..50).any(|seed| {
+                let copy = vfs.clone();
+                copy.crash(&mut SimRng::new(seed), TearPolicy::Random);
+                copy.read_file(&path).unwrap()[512..] != [7u8; PAGE - 512]
+            });
+            assert_eq!(torn_elsewhere, !direct, "direct: {direct}");
         }
     }
 

@@ -339,11 +339,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The block that commits are protected in units of: at least a page, and at least the
 /// direct-I/O alignment.
 fn protection_block_bytes(direct_io_alignment: Option<usize>) -> u32 {
-    let page = if cfg!(all(target_vendor = "apple", target_arch = "aarch64")) {
-        16 * 1024
-    } else {
-        4096
-    };
+    let page = crate::align::PAGE_BYTES as usize;
     direct_io_alignment.unwrap_or(page).max(page) as u32
 }
 

@@ -11,13 +11,15 @@
 //! 2. **WAL write** of the commit's bytes (in direct mode, of whole blocks).
 //! 3. **WAL sync** (fdatasync). Only now are the commit's records acknowledged.
 //!
-//! So the last flush always holds a copy of every record of the tail. When this commit's
-//! flush would leave the last flush's frames intact, step 1's sync is not needed before
-//! the WAL write — the copies that write puts at risk are already durable — and the
-//! commit instead writes its copies and its records, then runs the two fdatasyncs
-//! overlapped (one sync's latency instead of two in a row). The records are acknowledged
-//! when both are done. Otherwise (the flush would wrap onto the last one, the session's
-//! first commit, after a failure) the steps run in order.
+//! So the last flush normally holds a copy of every record of the tail (`tail_copied`).
+//! When it does, and this commit's flush can go on pages holding none of the last flush's
+//! bytes, step 1's sync is not needed before the WAL write — the copies that write puts
+//! at risk are already durable and stay intact — and the commit instead writes its copies
+//! and its records, then runs the two fdatasyncs overlapped (one sync's latency instead of
+//! two in a row). The records are acknowledged when both are done. Otherwise the steps
+//! run in order: a recovered partial tail (the session's first commit), the commit after
+//! a failure or after one whose copies were cut by the half-ring budget, a flush that would
+//! wrap onto the last one's pages.
 //!
 //! A commit whose last block would hold a record too large for a DWB slot, every commit
 //! under `TailProtection::Pad`, every commit in direct-I/O mode, and every commit while
@@ -380,23 +382,29 @@ impl Writer {
         }
         let mut protected = self.protect(base, &body, &spans)?;
         if protected == Protected::NeedsFreshSegment {
-            // The DWB failed (degraded policy): a new segment rewrites nothing
-            // acknowledged; if even that fails, the at-risk records were counted.
-            if self
-                .roll(first_lsn, body.len() as u64 + self.active.block)
-                .is_ok()
-            {
+            // The at-risk records cannot be protected here: a new segment rewrites nothing
+            // acknowledged. The writer adopts the new segment even when the roll then
+            // fails on its directory sync (retried below); the commit goes there too. If
+            // no new segment could be made, the at-risk records are counted.
+            let rolls = self.stats.segment_rolls;
+            let rolled = self.roll(first_lsn, body.len() as u64 + self.active.block);
+            if self.stats.segment_rolls != rolls {
                 if self.keys.is_some() {
                     (body, spans) = self.encode(first_lsn, requests);
                 }
                 base = self.place(first_lsn, &body, &spans, force_pad)?;
                 protected = Protected::Done;
-            } else {
+            } else if rolled.is_err() {
                 let at_risk = self.at_risk(base).len() as u64;
                 self.stats.unprotected_records += at_risk;
             }
         }
-        self.sync_dir_if_pending()?;
+        if let Err(e) = self.sync_dir_if_pending() {
+            // The commit is refused and its LSNs will be reused: no copy of its records
+            // may stay behind.
+            self.abandon_copies(protected);
+            return Err(e);
+        }
         let pad_len = self.padding_for(base, &body, &spans, force_pad);
         if pad_len > 0 {
             let at = body.len();
@@ -411,14 +419,7 @@ impl Writer {
         let end = base + body.len() as u64;
         let deferred = matches!(protected, Protected::Deferred { .. });
         if let Err(e) = self.write_wal(base, &body) {
-            if deferred {
-                // Nothing of this commit reached the DWB; the last flush still protects.
-                if let Some(dwb) = &self.dwb {
-                    dwb.discard_pending();
-                }
-                return Err(self.undo_failed_write(e, false));
-            }
-            return Err(self.undo_failed_write(e, true));
+            return Err(self.undo_failed_write(e, protected));
         }
         let (synced, copies_durable) = if deferred {
             self.flush_alongside_wal_sync()
@@ -527,11 +528,13 @@ impl Writer {
         gap
     }
 
-    /// Step 1 of a commit: make the at-risk set durable in the DWB, together with copies
-    /// of the commit's own records that will end in its partial last block (those that
-    /// fit in a slot, up to half the ring): the at-risk set is required; the others are
-    /// the next commit's at-risk set, copied early so that the newest records always have
-    /// a copy (an interrupted commit is rescued, damage at rest to the tail repaired).
+    /// Step 1 of a commit: copy the at-risk set to the DWB, together with the commit's own
+    /// records that will end in its partial last block (those that fit in a slot, up to
+    /// half the ring): the at-risk set is required before the WAL write; the others are
+    /// the next commit's at-risk set (and give the newest records a copy: an interrupted
+    /// commit is rescued, damage at rest to the tail repaired). The copies are flushed and
+    /// synced here, or — when the last flush already holds the at-risk set and this one
+    /// spares it — staged for a flush overlapped with the WAL sync (`Deferred`).
     /// Records in the commit's full blocks are not copied: no later write touches them,
     /// and copying them cost a batch of 64 small records 30-40 % of its throughput.
     fn protect(&mut self, base: u64, body: &[u8], spans: &[RecordSpan]) -> Result<Protected> {
@@ -651,9 +654,11 @@ impl Writer {
         };
         let (copies, wal) = dwb.flush_alongside(self.vfs.as_ref(), &self.active.file);
         match copies {
-            Ok(()) => {
-                self.stats.dwb_syncs += 1;
-                self.stats.overlapped_syncs += 1;
+            Ok(flushed) => {
+                if flushed {
+                    self.stats.dwb_syncs += 1;
+                    self.stats.overlapped_syncs += 1;
+                }
                 (wal, true)
             }
             Err(_) => {
@@ -755,18 +760,27 @@ impl Writer {
     /// while this commit's DWB copies still protect the tail block, then void those copies
     /// so a refused record's copy can never stand in for the record that reuses its LSN.
     /// If the clean-up itself fails, nothing can be promised: the writer poisons itself.
-    fn undo_failed_write(&mut self, error: Error, flushed: bool) -> Error {
+    fn undo_failed_write(&mut self, error: Error, protected: Protected) -> Error {
         if let Err(cleanup) = self.clean_active() {
             let detail = format!("a failed write ({error}) could not be undone: {cleanup}");
             self.poisoned = Some(detail.clone());
             return Error::WalPoisoned { detail };
         }
-        if let Some(dwb) = &self.dwb {
-            if flushed && !self.options.weakened() {
-                dwb.retract_last_flush();
-            }
-        }
+        self.abandon_copies(protected);
         error
+    }
+
+    /// A commit is refused after `protect`: its copies must never stand in for the records
+    /// that will reuse its LSNs. Staged ones (an overlapped flush not yet written) are
+    /// dropped; a flush of its own is voided (the last flush, which protected its write
+    /// when it was to be overlapped, or nothing, is left alone).
+    fn abandon_copies(&mut self, protected: Protected) {
+        let Some(dwb) = &self.dwb else { return };
+        match protected {
+            Protected::Deferred { .. } => dwb.discard_pending(),
+            Protected::Flushed { .. } if !self.options.weakened() => dwb.retract_last_flush(),
+            _ => {}
+        }
     }
 
     /// Extends the empty active segment with zeros to `size` bytes, durably.
@@ -840,7 +854,7 @@ impl Writer {
                 cipher_kind,
             )?,
         };
-        self.cipher = match &self.keys {
+        let cipher = match &self.keys {
             Some(keys) => Some(keys.segment_cipher(keys.active_id(), &header, first_lsn)?),
             None => None,
         };
@@ -851,6 +865,8 @@ impl Writer {
                 OpenOptions::read_write().with_direct(self.options.direct_io),
             )
             .map_err(|e| open_segment_error(&path, e))?;
+        // Only now does the writer move to the new segment (and its cipher).
+        self.cipher = cipher;
         // An empty active segment with the same first LSN was replaced by the rename.
         if self
             .segments
