@@ -674,6 +674,7 @@ impl Machine {
     }
 
     fn run(mut self) -> CaseOutcome {
+        self.trace(format_args!("case: {:?}", self.cfg));
         self.run_workload();
         let mut outcome = std::mem::take(&mut self.outcome);
         outcome.disk_counters = self.disk.counters();

@@ -724,27 +724,32 @@ impl DoubleWriteBuffer {
     }
 
     /// Where a flush of `len` bytes starts (see [`Placement`]), or `None` when it cannot
-    /// start on a page of its own anywhere in the ring.
+    /// start on a page of its own anywhere in the ring. No flush starts on the header's
+    /// page (blocks smaller than a page: a file created for direct I/O, opened buffered),
+    /// unless the ring is too small to hold it anywhere else.
     fn flush_start(&self, ring: &Ring, len: u64, placement: Placement) -> Option<u64> {
         let ring_bytes = self.geometry.ring_bytes();
+        let page = self.page_bytes();
         let unit = match placement {
-            Placement::Next => {
-                return Some(if ring.write_pos + len > ring_bytes {
-                    0
-                } else {
-                    ring.write_pos
-                })
-            }
-            Placement::OwnPage => self.page_bytes(),
+            Placement::Next => u64::from(self.geometry.block_size_bytes),
+            Placement::OwnPage => page,
         };
         // Pages are of the file: the ring starts after the header block.
         let offset = self.geometry.ring_offset_bytes();
-        let at = round_up(offset + ring.write_pos, unit) - offset;
+        let floor = round_up(offset, page) - offset;
+        let at = round_up(offset + ring.write_pos.max(floor), unit) - offset;
         if at + len <= ring_bytes {
             return Some(at);
         }
-        let first = round_up(offset, unit) - offset;
-        (first + len <= ring_bytes).then_some(first)
+        let first = round_up(offset + floor, unit) - offset;
+        if first + len <= ring_bytes {
+            return Some(first);
+        }
+        match placement {
+            Placement::Next if ring.write_pos + len <= ring_bytes => Some(ring.write_pos),
+            Placement::Next => Some(0),
+            Placement::OwnPage => None,
+        }
     }
 
     fn flush_frames(
@@ -950,7 +955,15 @@ fn create_file(vfs: &dyn Vfs, path: &Path, options: &DwbOptions) -> Result<()> {
         .open(&tmp, OpenOptions::create_new())
         .map_err(|e| Error::io("create double-write buffer", &tmp, e))?;
     let alignment = file.direct_io_alignment().unwrap_or(DEFAULT_ALIGNMENT);
-    let block = alignment.max(512) as u32;
+    // Through the page cache every write rewrites whole pages: blocks of at least a page
+    // keep the header on a page of its own, which no flush rewrites (a torn or failed
+    // writeback of a shared page could destroy the geometry, and every copy with it).
+    // Direct I/O writes only the blocks it is given.
+    let page = match options.mode {
+        DwbMode::Direct => 512,
+        _ => crate::align::PAGE_BYTES as usize,
+    };
+    let block = alignment.max(512).max(page) as u32;
     let geometry = Geometry::new(
         block,
         options.capacity.unwrap_or(DEFAULT_CAPACITY),

@@ -609,7 +609,8 @@ fn finding_1_short_dwb_file_in_direct_mode_is_a_typed_refusal() {
             Arc::new(small.clone()),
             Path::new("/seed/x.dwb"),
             DwbOptions {
-                mode: DwbMode::Buffered,
+                // Direct: 512-byte blocks (a buffered DWB gets page-sized ones).
+                mode: DwbMode::Direct,
                 capacity: Some(4),
                 max_record_bytes: Some(488),
             },
@@ -892,8 +893,9 @@ fn finding_8_unreachable_dwb_frame_never_becomes_a_record() {
         .unwrap();
     let _ = dwb.write_record_deferred(&ghost).unwrap();
     dwb.flush().unwrap();
+    let first_frame = dwb.geometry().ring_offset_bytes() + dwb.frames()[0].2;
     drop(dwb);
-    sim.poke(&dwb_path, 512, b"torn"); // the first frame's magic: its sector was torn
+    sim.poke(&dwb_path, first_frame, b"torn"); // the first frame's magic: its sector was torn
 
     let wal = Wal::open_with(Arc::new(sim.clone()), dir, options).unwrap();
     assert_eq!(wal.last_lsn(), 0);

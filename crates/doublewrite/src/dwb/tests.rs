@@ -663,15 +663,32 @@ fn a_payload_embedding_a_frame_is_not_a_copy(env: &Env) {
     assert_eq!(dwb.indexed_lsns(), vec![1]);
 }
 
-/// With 512-byte blocks behind a 4 KiB page, a flush overlapped with the WAL's sync starts
-/// on a page of its own: writeback of it rewrites no page holding the last flush's frames
-/// (the copies the WAL write in flight relies on). A plain flush still packs at the next
-/// block, and `next_flush_spares_last` is false while nothing protects the WAL write.
+/// A buffered DWB is created with blocks of at least a page, so its header has a page of
+/// its own; one created for direct I/O has 512-byte blocks here.
+#[test]
+fn a_buffered_dwb_gets_page_sized_blocks() {
+    let env = Env::sim();
+    env.sim.as_ref().unwrap().set_direct_io_alignment(512);
+    let block = env.buffered().geometry().block_size_bytes;
+    assert_eq!(u64::from(block), crate::align::PAGE_BYTES);
+    let env = Env::sim();
+    env.sim.as_ref().unwrap().set_direct_io_alignment(512);
+    let dwb = env.small(DwbMode::Direct, 64, 4096).unwrap();
+    assert_eq!(dwb.geometry().block_size_bytes, 512);
+}
+
+/// With 512-byte blocks behind a 4 KiB page (a DWB created for direct I/O, opened
+/// buffered), a flush overlapped with the WAL's sync starts on a page of its own:
+/// writeback of it rewrites no page holding the last flush's frames (the copies the WAL
+/// write in flight relies on). No flush touches the header's page; a plain flush still
+/// packs at the next block; `next_flush_spares_last` is false while nothing protects the
+/// WAL write.
 #[test]
 fn an_overlapped_flush_shares_no_page_with_the_last() {
     let env = Env::sim();
     env.sim.as_ref().unwrap().set_direct_io_alignment(512);
-    let dwb = env.buffered();
+    drop(env.small(DwbMode::Direct, 64, 4096).unwrap());
+    let dwb = env.small(DwbMode::Buffered, 64, 4096).unwrap();
     let block = u64::from(dwb.geometry().block_size_bytes);
     let offset = dwb.geometry().ring_offset_bytes();
     assert_eq!(block, 512);
@@ -691,6 +708,7 @@ fn an_overlapped_flush_shares_no_page_with_the_last() {
     let frames = dwb.frames();
     let end = |i: usize| frames[i].2 + (FRAME_PREFIX_SIZE as u64) + u64::from(frames[i].3);
     let page = crate::align::PAGE_BYTES;
+    assert!(offset + frames[0].2 >= page, "the header's page is left alone");
     assert_eq!(
         (offset + frames[1].2) % page,
         0,
