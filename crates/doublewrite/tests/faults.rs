@@ -71,59 +71,57 @@ fn expect_prefix(records: &[(u64, Vec<u8>)], at_least: u64) {
     }
 }
 
+/// Runs [`interrupted_commit`] with 60 tear patterns and checks each: the batch was not
+/// acknowledged and records 1-6 came back intact. Returns the most records any pattern
+/// kept and the repairs from the DWB in all.
+fn crash_at(point: &FaultPoint, reopened: bool) -> (usize, u64) {
+    let (mut most, mut repairs) = (0, 0);
+    for seed in 0..60 {
+        let (records, repaired, acked) = interrupted_commit(point.clone(), seed, reopened);
+        assert!(!acked, "seed {seed}");
+        expect_prefix(&records, 6);
+        most = most.max(records.len());
+        repairs += repaired;
+    }
+    (most, repairs)
+}
+
 #[test]
 fn crash_before_the_dwb_sync_keeps_every_acknowledged_record() {
-    for seed in 0..60 {
-        let (records, _, acked) = interrupted_commit(
-            FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::PowerLoss),
-            seed,
-            true,
-        );
-        assert!(!acked);
-        expect_prefix(&records, 6);
-        // No WAL byte of the interrupted commit was written: nothing of it can appear.
-        assert_eq!(records.len(), 6, "seed {seed}");
-    }
+    let (most, _) = crash_at(
+        &FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::PowerLoss),
+        true,
+    );
+    // No WAL byte of the interrupted commit was written: nothing of it can appear.
+    assert_eq!(most, 6);
 }
 
 #[test]
 fn crash_at_the_overlapped_syncs_keeps_every_acknowledged_record() {
-    let mut repairs = 0;
-    for seed in 0..60 {
-        // The batch's WAL write is in the page cache and its copies are being synced:
-        // the block holding records 1-6 may tear, and their copies from the last flush
-        // (which this one spares) repair it.
-        let (records, repaired, acked) = interrupted_commit(
-            FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::PowerLoss),
-            seed,
-            false,
-        );
-        assert!(!acked);
-        expect_prefix(&records, 6);
-        assert!(records.len() <= 12, "seed {seed}");
-        repairs += repaired;
-    }
+    // The batch's WAL write is in the page cache and its copies are being synced: the
+    // block holding records 1-6 may tear, and their copies from the last flush (which
+    // this one spares) repair it.
+    let (most, repairs) = crash_at(
+        &FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::PowerLoss),
+        false,
+    );
+    assert!(most <= 12);
     assert!(repairs > 0, "some tear patterns needed the DWB");
 }
 
 #[test]
 fn crash_between_the_syncs_repairs_the_torn_tail_from_the_dwb() {
-    let mut repairs = 0;
-    for seed in 0..60 {
-        // Power fails during the WAL write, after the DWB copies are durable: the write
-        // rewrites the block holding records 1–6 and may tear it.
-        for reopened in [true, false] {
-            let (records, repaired, acked) = interrupted_commit(
-                FaultPoint::new(Op::Write, ".seg", 1, Fault::PowerLoss),
-                seed,
-                reopened,
-            );
-            assert!(!acked);
-            expect_prefix(&records, 6);
-            repairs += repaired;
-        }
+    // Power fails during the WAL write, after the copies of records 1-6 are durable: the
+    // write rewrites the block holding them and may tear it. With `reopened` the copies
+    // come from this commit's own flush, synced first; without, from the last commit's.
+    let point = FaultPoint::new(Op::Write, ".seg", 1, Fault::PowerLoss);
+    for reopened in [true, false] {
+        let (_, repairs) = crash_at(&point, reopened);
+        assert!(
+            repairs > 0,
+            "some tear patterns needed the DWB (reopened: {reopened})"
+        );
     }
-    assert!(repairs > 0, "some tear patterns needed the DWB");
 }
 
 #[test]

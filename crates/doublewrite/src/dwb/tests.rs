@@ -708,7 +708,10 @@ fn an_overlapped_flush_shares_no_page_with_the_last() {
     let frames = dwb.frames();
     let end = |i: usize| frames[i].2 + (FRAME_PREFIX_SIZE as u64) + u64::from(frames[i].3);
     let page = crate::align::PAGE_BYTES;
-    assert!(offset + frames[0].2 >= page, "the header's page is left alone");
+    assert!(
+        offset + frames[0].2 >= page,
+        "the header's page is left alone"
+    );
     assert_eq!(
         (offset + frames[1].2) % page,
         0,
