@@ -6,7 +6,7 @@
 mod common;
 
 use common::{payload, put, replay_all, Env};
-use doublewrite::io::sim::{Fault, FaultPlan, FaultPoint, Op, SimRng, TearPolicy};
+use doublewrite::io::sim::{Fault, FaultPlan, FaultPoint, Op, SimRng, SimVfs, TearPolicy};
 use doublewrite::{Protection, ProtectionState, WalOptions};
 
 /// Small segments: the simulated disk holds every byte in memory.
@@ -236,27 +236,29 @@ fn full_disk_during_the_wal_write_acknowledges_nothing_partial() {
     );
 }
 
+/// Arms the simulated disk to fail the next sync of the DWB (EIO).
+fn fail_next_dwb_sync(sim: &SimVfs) {
+    sim.set_plan(FaultPlan {
+        at_point: Some(FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::FailSync)),
+        ..FaultPlan::default()
+    });
+}
+
 #[test]
 fn strict_policy_refuses_when_the_dwb_cannot_be_written() {
     let env = Env::sim();
     let sim = env.sim.clone().unwrap();
     let wal = env.open(small()).unwrap();
     wal.append(put(1, 100)).unwrap();
-    let fail_next_dwb_sync = || {
-        sim.set_plan(FaultPlan {
-            at_point: Some(FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::FailSync)),
-            ..FaultPlan::default()
-        })
-    };
     // Record 2's flush runs alongside its WAL sync and fails: record 2 itself was
     // protected by record 1's flush, so it is acknowledged; its copy is not durable.
-    fail_next_dwb_sync();
+    fail_next_dwb_sync(&sim);
     assert_eq!(wal.append(put(2, 100)).unwrap(), 2);
     assert_eq!(wal.stats().overlapped_syncs, 1);
     // So record 3's commit flushes before its WAL write, and is refused when that fails.
     let segment = env.segments()[0].clone();
     let before = env.read(&segment);
-    fail_next_dwb_sync();
+    fail_next_dwb_sync(&sim);
     let err = wal.append(put(3, 100)).unwrap_err();
     assert_eq!(err.code(), "ERR_DWB_UNAVAILABLE", "{err}");
     assert_eq!(env.read(&segment), before, "no WAL byte was written");
@@ -278,10 +280,7 @@ fn degraded_policy_acknowledges_and_reports_the_state() {
     };
     let wal = env.open(options).unwrap();
     wal.append(put(1, 100)).unwrap();
-    sim.set_plan(FaultPlan {
-        at_point: Some(FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::FailSync)),
-        ..FaultPlan::default()
-    });
+    fail_next_dwb_sync(&sim);
     assert_eq!(wal.append(put(2, 100)).unwrap(), 2);
     sim.set_plan(FaultPlan::default());
     for i in 3..=10 {
@@ -401,10 +400,7 @@ fn a_failed_sync_during_a_rescue_roll_loses_nothing() {
         let sim = env.sim.clone().unwrap();
         let wal = env.open(options).unwrap();
         wal.append(put(1, 100)).unwrap();
-        sim.set_plan(FaultPlan {
-            at_point: Some(FaultPoint::new(Op::Sync, "wal.dwb", 1, Fault::FailSync)),
-            ..FaultPlan::default()
-        });
+        fail_next_dwb_sync(&sim);
         assert_eq!(wal.append(put(2, 100)).unwrap(), 2);
         assert_eq!(wal.protection().state, ProtectionState::Degraded);
         sim.set_plan(FaultPlan {
