@@ -296,12 +296,8 @@ mod fuse {
             first: &Arc<dyn doublewrite::io::VfsFile>,
             second: &Arc<dyn doublewrite::io::VfsFile>,
         ) -> (std::io::Result<()>, std::io::Result<()>) {
-            if self.pairs.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
-                (first.sync_data(), second.sync_data())
-            } else {
-                let second_result = second.sync_data();
-                (first.sync_data(), second_result)
-            }
+            let first_goes_first = self.pairs.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
+            doublewrite::io::sync_one_then_other(first.as_ref(), second.as_ref(), first_goes_first)
         }
     }
 

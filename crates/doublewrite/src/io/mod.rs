@@ -95,7 +95,22 @@ pub trait Vfs: Send + Sync + fmt::Debug {
         first: &Arc<dyn VfsFile>,
         second: &Arc<dyn VfsFile>,
     ) -> (io::Result<()>, io::Result<()>) {
+        sync_one_then_other(first.as_ref(), second.as_ref(), true)
+    }
+}
+
+/// [`Vfs::sync_data_pair`] without overlap: `first` then `second`, or (with
+/// `first_goes_first` false) the other way round. Results in argument order.
+pub fn sync_one_then_other(
+    first: &dyn VfsFile,
+    second: &dyn VfsFile,
+    first_goes_first: bool,
+) -> (io::Result<()>, io::Result<()>) {
+    if first_goes_first {
         (first.sync_data(), second.sync_data())
+    } else {
+        let second_result = second.sync_data();
+        (first.sync_data(), second_result)
     }
 }
 

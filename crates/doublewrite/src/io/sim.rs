@@ -774,12 +774,7 @@ impl Vfs for SimVfs {
         second: &Arc<dyn VfsFile>,
     ) -> (io::Result<()>, io::Result<()>) {
         let first_goes_first = self.lock().stats.mutations.is_multiple_of(2);
-        if first_goes_first {
-            (first.sync_data(), second.sync_data())
-        } else {
-            let second_result = second.sync_data();
-            (first.sync_data(), second_result)
-        }
+        super::sync_one_then_other(first.as_ref(), second.as_ref(), first_goes_first)
     }
 }
 
