@@ -29,7 +29,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::align::{round_down, round_up, AlignedBuf};
+use crate::align::{round_down, round_up, AlignedBuf, PAGE_BYTES};
 use crate::crypto::{KeyRing, SegmentCipher, TAG_BYTES};
 use crate::dwb::DoubleWriteBuffer;
 use crate::error::{Error, Result};
@@ -703,14 +703,25 @@ impl Writer {
             let len = self.buf.len() + (self.active.dirty_end - end) as usize;
             self.buf.resize_zeroed(len);
         }
+        let asked = self.buf.len() as u64;
         let span: &[u8] = if self.options.direct_io {
             self.buf.padded_slice()
         } else {
+            // To the end of the last page, with the zeros already there: the page cache
+            // then never reads a page back from the device to complete a partial write
+            // (a segment's zeros are written past the cache, `segment::create_zero_filled`).
+            let page_end = round_up(write_start + asked, PAGE_BYTES).min(self.active.size);
+            self.buf
+                .resize_zeroed(asked.max(page_end - write_start) as usize);
             self.buf.as_slice()
         };
         let attempted_end = write_start + span.len() as u64;
         let result = io::write_all_at(self.active.file.as_ref(), span, write_start);
-        self.stats.wal_bytes_written += span.len() as u64;
+        self.stats.wal_bytes_written += if self.options.direct_io {
+            span.len() as u64
+        } else {
+            asked
+        };
         if let Err(e) = result {
             self.active.dirty_end = self.active.dirty_end.max(attempted_end);
             return Err(Error::io("write WAL segment", &self.active.path, e));
@@ -851,6 +862,7 @@ impl Writer {
                 block as u32,
                 size,
                 cipher_kind,
+                segment::ZeroFill::PastCache,
             )?,
         };
         let cipher = match &self.keys {
