@@ -177,6 +177,40 @@ fn failed_wal_sync_poisons_until_reopened() {
     assert_eq!(next, records.len() as u64 + 1);
 }
 
+/// A file system may take O_DIRECT at open and then refuse the writes (EINVAL): the new
+/// segment of a roll is then zero-filled through the page cache instead, and the commit
+/// that needed it goes through.
+#[test]
+fn a_roll_whose_direct_zero_fill_is_refused_fills_through_the_cache() {
+    let env = Env::sim();
+    let sim = env.sim.clone().unwrap();
+    let options = WalOptions {
+        segment_size_bytes: 16 * 1024,
+        ..WalOptions::default()
+    };
+    let wal = env.open(options).unwrap();
+    wal.append(put(1, 10_000)).unwrap();
+    sim.set_plan(FaultPlan {
+        at_point: Some(FaultPoint::new(
+            Op::Write,
+            ".seg.tmp",
+            1,
+            Fault::RefuseWrite,
+        )),
+        ..FaultPlan::default()
+    });
+    assert_eq!(wal.append(put(2, 10_000)).unwrap(), 2);
+    assert_eq!(wal.stats().segment_rolls, 1);
+    sim.set_plan(FaultPlan::default());
+    wal.close().unwrap();
+    drop(wal);
+    let wal = env.open(options).unwrap();
+    assert_eq!(
+        replay_all(&wal),
+        vec![(1, payload(1, 10_000)), (2, payload(2, 10_000))]
+    );
+}
+
 #[test]
 fn full_disk_at_segment_roll_takes_no_lsn_and_the_wal_keeps_working() {
     let env = Env::sim();

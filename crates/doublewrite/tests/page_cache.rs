@@ -43,7 +43,8 @@ fn commits_into_an_uncached_spare_read_nothing_back() {
         eprintln!("skipped: no /proc/self/io (task I/O accounting is off)");
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
+    // Under target/, on the disk of the checkout: `/tmp` may be tmpfs, which reads nothing.
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let dir = tmp.path().join("wal");
     let options = WalOptions {
         prepare_segments: true,

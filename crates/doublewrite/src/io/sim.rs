@@ -93,6 +93,9 @@ pub enum Fault {
     PowerLoss,
     FailSync,
     NoSpace,
+    /// A write fails with EINVAL and applies nothing: a file system that took O_DIRECT at
+    /// open and refuses the writes.
+    RefuseWrite,
 }
 
 /// A fault at a named place: `(op, file, nth) → fault`.
@@ -432,6 +435,7 @@ impl SimVfs {
                         }
                         Fault::FailSync => Mutation::FailSync,
                         Fault::NoSpace => Mutation::NoSpace,
+                        Fault::RefuseWrite => Mutation::Refused,
                     });
                 }
             }
@@ -457,6 +461,7 @@ enum Mutation {
     PowerLoss,
     FailSync,
     NoSpace,
+    Refused,
 }
 
 /// Decides the post-crash content of one file. Returns how many sectors were unsynced.
@@ -599,7 +604,8 @@ impl Vfs for SimVfs {
                             "simulated ENOSPC creating a file",
                         ))
                     }
-                    Mutation::Normal | Mutation::FailSync => {}
+                    // Named faults never land on a create.
+                    Mutation::Normal | Mutation::FailSync | Mutation::Refused => {}
                 }
                 state.next_ino += 1;
                 let ino = state.next_ino;
@@ -737,7 +743,7 @@ impl Vfs for SimVfs {
             Mutation::FailSync => {
                 return Err(io::Error::other("simulated EIO syncing a directory"))
             }
-            Mutation::Normal | Mutation::NoSpace => {}
+            Mutation::Normal | Mutation::NoSpace | Mutation::Refused => {}
         }
         state.stats.dir_syncs += 1;
         let live =
@@ -809,6 +815,12 @@ impl VfsFile for SimFile {
         self.check_direct(&state, buf.as_ptr() as usize, buf.len(), offset)?;
         let mutation =
             SimVfs::begin_named_mutation(&mut state, self.boot, Some((Op::Write, &self.path)))?;
+        if mutation == Mutation::Refused {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "simulated EINVAL: the file system refuses this write",
+            ));
+        }
         let mut len = buf.len();
         if mutation == Mutation::NoSpace {
             // ENOSPC after a prefix of whole sectors (possibly none) was applied.
@@ -849,7 +861,8 @@ impl VfsFile for SimFile {
                 io::ErrorKind::StorageFull,
                 "simulated ENOSPC (no space left on device)",
             )),
-            Mutation::Normal | Mutation::FailSync => Ok(len),
+            // A refused write returned before anything was applied.
+            Mutation::Normal | Mutation::FailSync | Mutation::Refused => Ok(len),
         }
     }
 
@@ -867,7 +880,7 @@ impl VfsFile for SimFile {
                 }
                 return Err(io::Error::other("simulated EIO from fdatasync"));
             }
-            Mutation::Normal | Mutation::NoSpace => {}
+            Mutation::Normal | Mutation::NoSpace | Mutation::Refused => {}
         }
         state.stats.file_syncs += 1;
         let inode = state

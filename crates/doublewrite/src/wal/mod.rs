@@ -237,6 +237,11 @@ pub struct RecoveryReport {
 pub struct WalStats {
     pub commits: u64,
     pub records: u64,
+    /// Bytes the writer wrote into segments for commits: records and padding, plus the
+    /// zeros that erase a failed write's leftovers; with `direct_io` the whole aligned span
+    /// (the rewritten start of the first block and the end of the last). Not counted: the
+    /// zeros a buffered write carries to the end of its last page, which only keep the
+    /// page cache from reading that page back (the device writes whole pages either way).
     pub wal_bytes_written: u64,
     pub dwb_bytes_written: u64,
     pub wal_syncs: u64,

@@ -309,11 +309,13 @@ pub fn adopt_spare(
 pub enum ZeroFill {
     /// Through the page cache: for a file read right after (a new WAL's first segment).
     Cached,
-    /// Past the page cache (O_DIRECT) where the file system allows it and the size is a
-    /// multiple of its alignment, else through it. The zeros only have to reach the
-    /// device; copying 64 MiB into fresh page-cache pages cost more CPU than the commits
-    /// themselves at 4 KiB records. The writer writes whole pages (`Writer::write_wal`),
-    /// so the page cache never reads one of these pages back to complete a write.
+    /// Past the page cache (O_DIRECT) when the file is created with it and the file
+    /// system reports a direct-I/O alignment (Linux `statx`) of at most 64 KiB that
+    /// divides the size; else, or when it refuses the direct writes, through it. The
+    /// zeros only have to reach the device; copying 64 MiB into fresh page-cache pages
+    /// cost more CPU than the commits themselves at 4 KiB records. The writer extends its
+    /// writes to the end of their last page (`Writer::write_wal`), so the page cache does
+    /// not read the page a commit ends in back from the device.
     PastCache,
 }
 
@@ -327,12 +329,46 @@ fn create_zero_filled(
     fill: ZeroFill,
     cancel: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<()> {
-    let file = match fill {
-        ZeroFill::Cached => vfs
-            .open(path, OpenOptions::create_new())
-            .map_err(|e| Error::io("create segment", path, e))?,
-        ZeroFill::PastCache => open_past_cache(vfs, path, size_bytes)?,
-    };
+    if fill == ZeroFill::PastCache {
+        if let Some(file) = open_direct(vfs, path, size_bytes)? {
+            let result = write_zeros(file.as_ref(), head, size_bytes, cancel);
+            drop(file);
+            match result {
+                // A file system may take O_DIRECT at open and refuse the writes.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => vfs
+                    .remove_file(path)
+                    .map_err(|e| Error::io("remove unfinished segment", path, e))?,
+                result => return zero_fill_outcome(vfs, path, result),
+            }
+        }
+    }
+    let file = vfs
+        .open(path, OpenOptions::create_new())
+        .map_err(|e| Error::io("create segment", path, e))?;
+    let result = write_zeros(file.as_ref(), head, size_bytes, cancel);
+    drop(file);
+    zero_fill_outcome(vfs, path, result)
+}
+
+/// The error [`write_zeros`] returns when `cancel` stopped it.
+#[derive(Debug)]
+struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("zero-fill cancelled")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+/// Writes `head` and zeros up to `size_bytes` into `file`, then syncs it.
+fn write_zeros(
+    file: &dyn VfsFile,
+    head: &[u8],
+    size_bytes: u64,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
+) -> std::io::Result<()> {
     let chunk_len = (ZERO_CHUNK_BYTES as u64).min(size_bytes) as usize;
     let mut chunk = AlignedBuf::new(chunk_len, ZERO_CHUNK_ALIGNMENT);
     chunk.resize_zeroed(chunk_len);
@@ -340,45 +376,56 @@ fn create_zero_filled(
     let mut offset = 0u64;
     while offset < size_bytes {
         if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
-            drop(file);
-            let _ = vfs.remove_file(path);
-            return Err(Error::Closed { what: "WAL" });
+            return Err(std::io::Error::other(Cancelled));
         }
         let n = chunk_len.min((size_bytes - offset) as usize);
-        io::write_all_at(file.as_ref(), &chunk.as_slice()[..n], offset)
-            .map_err(|e| Error::io("preallocate segment", path, e))?;
+        io::write_all_at(file, &chunk.as_slice()[..n], offset)?;
         if offset == 0 {
             chunk.as_mut_slice()[..head.len()].fill(0);
         }
         offset += n as u64;
     }
     file.sync_all()
-        .map_err(|e| Error::io("sync new segment", path, e))
 }
 
-/// Creates `path` for [`ZeroFill::PastCache`]: with direct I/O when the file system takes
-/// it for this size, else buffered.
-fn open_past_cache(vfs: &dyn Vfs, path: &Path, size_bytes: u64) -> Result<Box<dyn VfsFile>> {
+/// The result of a zero-fill; a cancelled one removes its file.
+fn zero_fill_outcome(vfs: &dyn Vfs, path: &Path, result: std::io::Result<()>) -> Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.get_ref().is_some_and(|inner| inner.is::<Cancelled>()) => {
+            let _ = vfs.remove_file(path);
+            Err(Error::Closed { what: "WAL" })
+        }
+        Err(e) => Err(Error::io("zero-fill and sync new segment", path, e)),
+    }
+}
+
+/// `path` created for direct I/O, if the file system takes it for a file of this size;
+/// `None` (and no file) otherwise.
+fn open_direct(vfs: &dyn Vfs, path: &Path, size_bytes: u64) -> Result<Option<Box<dyn VfsFile>>> {
     match vfs.open(path, OpenOptions::create_new().with_direct(true)) {
         Ok(file) => {
             let fits = file.direct_io_alignment().is_some_and(|align| {
                 align <= ZERO_CHUNK_ALIGNMENT && size_bytes.is_multiple_of(align as u64)
             });
             if fits {
-                return Ok(file);
+                return Ok(Some(file));
             }
             drop(file);
             vfs.remove_file(path)
                 .map_err(|e| Error::io("remove unfinished segment", path, e))?;
+            Ok(None)
         }
-        // Linux creates the file before it refuses O_DIRECT.
-        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(Error::io("create segment", path, e))
+        }
+        // Refused, or failed in a way a buffered open will report again. Linux creates the
+        // file before it refuses O_DIRECT; macOS before F_NOCACHE.
+        Err(_) => {
             let _ = vfs.remove_file(path);
+            Ok(None)
         }
-        Err(e) => return Err(Error::io("create segment", path, e)),
     }
-    vfs.open(path, OpenOptions::create_new())
-        .map_err(|e| Error::io("create segment", path, e))
 }
 
 /// Reads and checks a segment's header.

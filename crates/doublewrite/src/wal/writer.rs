@@ -708,8 +708,9 @@ impl Writer {
             self.buf.padded_slice()
         } else {
             // To the end of the last page, with the zeros already there: the page cache
-            // then never reads a page back from the device to complete a partial write
-            // (a segment's zeros are written past the cache, `segment::create_zero_filled`).
+            // then need not read that page back from the device to complete the write
+            // (a segment's zeros are written past the cache, `segment::ZeroFill`). The
+            // first page was this writer's last one, normally still cached.
             let page_end = round_up(write_start + asked, PAGE_BYTES).min(self.active.size);
             self.buf
                 .resize_zeroed(asked.max(page_end - write_start) as usize);
