@@ -7,7 +7,7 @@ mod common;
 
 use common::{payload, put, replay_all, Env};
 use doublewrite::io::sim::{Fault, FaultPlan, FaultPoint, Op, SimRng, SimVfs, TearPolicy};
-use doublewrite::{Protection, ProtectionState, WalOptions};
+use doublewrite::{Protection, ProtectionState, Wal, WalOptions};
 
 /// Small segments: the simulated disk holds every byte in memory.
 fn small() -> WalOptions {
@@ -182,23 +182,7 @@ fn failed_wal_sync_poisons_until_reopened() {
 /// that needed it goes through.
 #[test]
 fn a_roll_whose_direct_zero_fill_is_refused_fills_through_the_cache() {
-    let env = Env::sim();
-    let sim = env.sim.clone().unwrap();
-    let options = WalOptions {
-        segment_size_bytes: 16 * 1024,
-        ..WalOptions::default()
-    };
-    let wal = env.open(options).unwrap();
-    wal.append(put(1, 10_000)).unwrap();
-    sim.set_plan(FaultPlan {
-        at_point: Some(FaultPoint::new(
-            Op::Write,
-            ".seg.tmp",
-            1,
-            Fault::RefuseWrite,
-        )),
-        ..FaultPlan::default()
-    });
+    let (env, sim, wal, options) = one_record_before_a_roll(Fault::RefuseWrite);
     assert_eq!(wal.append(put(2, 10_000)).unwrap(), 2);
     assert_eq!(wal.stats().segment_rolls, 1);
     sim.set_plan(FaultPlan::default());
@@ -211,8 +195,9 @@ fn a_roll_whose_direct_zero_fill_is_refused_fills_through_the_cache() {
     );
 }
 
-#[test]
-fn full_disk_at_segment_roll_takes_no_lsn_and_the_wal_keeps_working() {
+/// A simulated WAL of 16 KiB segments holding one 10,000-byte record, so that the next
+/// such record rolls, with `fault` armed at the first write of the roll's new segment.
+fn one_record_before_a_roll(fault: Fault) -> (Env, SimVfs, Wal, WalOptions) {
     let env = Env::sim();
     let sim = env.sim.clone().unwrap();
     let options = WalOptions {
@@ -221,11 +206,17 @@ fn full_disk_at_segment_roll_takes_no_lsn_and_the_wal_keeps_working() {
     };
     let wal = env.open(options).unwrap();
     wal.append(put(1, 10_000)).unwrap();
-    // The next commit does not fit: the new segment's preallocation hits ENOSPC.
     sim.set_plan(FaultPlan {
-        at_point: Some(FaultPoint::new(Op::Write, ".seg.tmp", 1, Fault::NoSpace)),
+        at_point: Some(FaultPoint::new(Op::Write, ".seg.tmp", 1, fault)),
         ..FaultPlan::default()
     });
+    (env, sim, wal, options)
+}
+
+#[test]
+fn full_disk_at_segment_roll_takes_no_lsn_and_the_wal_keeps_working() {
+    // The next commit does not fit: the new segment's preallocation hits ENOSPC.
+    let (env, sim, wal, options) = one_record_before_a_roll(Fault::NoSpace);
     let err = wal.append(put(2, 10_000)).unwrap_err();
     assert_eq!(err.code(), "ERR_NO_SPACE", "{err}");
     assert_eq!(wal.next_lsn(), 2, "no LSN consumed");
