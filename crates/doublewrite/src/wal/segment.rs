@@ -350,25 +350,21 @@ fn create_zero_filled(
     zero_fill_outcome(vfs, path, result)
 }
 
-/// The error [`write_zeros`] returns when `cancel` stopped it.
-#[derive(Debug)]
-struct Cancelled;
-
-impl std::fmt::Display for Cancelled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("zero-fill cancelled")
-    }
+/// How a [`write_zeros`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filled {
+    Complete,
+    Cancelled,
 }
 
-impl std::error::Error for Cancelled {}
-
-/// Writes `head` and zeros up to `size_bytes` into `file`, then syncs it.
+/// Writes `head` and zeros up to `size_bytes` into `file`, then syncs it; stops early,
+/// unsynced, once `cancel` is set.
 fn write_zeros(
     file: &dyn VfsFile,
     head: &[u8],
     size_bytes: u64,
     cancel: Option<&std::sync::atomic::AtomicBool>,
-) -> std::io::Result<()> {
+) -> std::io::Result<Filled> {
     let chunk_len = (ZERO_CHUNK_BYTES as u64).min(size_bytes) as usize;
     let mut chunk = AlignedBuf::new(chunk_len, ZERO_CHUNK_ALIGNMENT);
     chunk.resize_zeroed(chunk_len);
@@ -376,7 +372,7 @@ fn write_zeros(
     let mut offset = 0u64;
     while offset < size_bytes {
         if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
-            return Err(std::io::Error::other(Cancelled));
+            return Ok(Filled::Cancelled);
         }
         let n = chunk_len.min((size_bytes - offset) as usize);
         io::write_all_at(file, &chunk.as_slice()[..n], offset)?;
@@ -385,14 +381,15 @@ fn write_zeros(
         }
         offset += n as u64;
     }
-    file.sync_all()
+    file.sync_all()?;
+    Ok(Filled::Complete)
 }
 
 /// The result of a zero-fill; a cancelled one removes its file.
-fn zero_fill_outcome(vfs: &dyn Vfs, path: &Path, result: std::io::Result<()>) -> Result<()> {
+fn zero_fill_outcome(vfs: &dyn Vfs, path: &Path, result: std::io::Result<Filled>) -> Result<()> {
     match result {
-        Ok(()) => Ok(()),
-        Err(e) if e.get_ref().is_some_and(|inner| inner.is::<Cancelled>()) => {
+        Ok(Filled::Complete) => Ok(()),
+        Ok(Filled::Cancelled) => {
             let _ = vfs.remove_file(path);
             Err(Error::Closed { what: "WAL" })
         }

@@ -16,10 +16,11 @@
 //! bytes, step 1's sync is not needed before the WAL write — the copies that write puts
 //! at risk are already durable and stay intact — and the commit instead writes its copies
 //! and its records, then runs the two fdatasyncs at once (the device can work on both
-//! together: 1.29 × the serial two-file cycle on the development VM). The records are acknowledged when both are done. Otherwise the steps
-//! run in order: a recovered partial tail (the session's first commit), the commit after
-//! a failure or after one whose copies were cut by the half-ring budget, a flush that would
-//! wrap onto the last one's pages.
+//! together: 1.29 × the serial two-file cycle on the development VM). The records are
+//! acknowledged when both are done. Otherwise the steps run in order: a recovered partial
+//! tail (the session's first commit), the commit after a failure or after one whose
+//! copies were cut by the half-ring budget, a flush that would wrap onto the last one's
+//! pages.
 //!
 //! A commit whose last block would hold a record too large for a DWB slot, every commit
 //! under `TailProtection::Pad`, every commit in direct-I/O mode, and every commit while
@@ -383,18 +384,18 @@ impl Writer {
         let mut protected = self.protect(base, &body, &spans)?;
         if protected == Protected::NeedsFreshSegment {
             // The at-risk records cannot be protected here: a new segment rewrites nothing
-            // acknowledged. The writer adopts the new segment even when the roll then
-            // fails on its directory sync (retried below); the commit goes there too. If
-            // no new segment could be made, the at-risk records are counted.
-            let rolls = self.stats.segment_rolls;
-            let rolled = self.roll(first_lsn, body.len() as u64 + self.active.block);
-            if self.stats.segment_rolls != rolls {
+            // acknowledged, and the commit goes there (its directory sync is done below).
+            // If no new segment could be made, the at-risk records are counted.
+            if self
+                .adopt_new_segment(first_lsn, body.len() as u64 + self.active.block)
+                .is_ok()
+            {
                 if self.keys.is_some() {
                     (body, spans) = self.encode(first_lsn, requests);
                 }
                 base = self.place(first_lsn, &body, &spans, force_pad)?;
                 protected = Protected::Done;
-            } else if rolled.is_err() {
+            } else {
                 let at_risk = self.at_risk(base).len() as u64;
                 self.stats.unprotected_records += at_risk;
             }
@@ -831,11 +832,18 @@ impl Writer {
         Ok(())
     }
 
-    /// Starts a new segment for a commit whose first record is `first_lsn`. Once the new
-    /// file is in place the writer adopts it, even if the directory sync then fails: that
-    /// sync is retried before any record is written into it, and no half-adopted segment
-    /// is ever left behind for recovery to trip over.
+    /// Starts a new segment for a commit whose first record is `first_lsn`, and syncs the
+    /// directory (see [`adopt_new_segment`](Self::adopt_new_segment)).
     fn roll(&mut self, first_lsn: u64, commit_bytes: u64) -> Result<()> {
+        self.adopt_new_segment(first_lsn, commit_bytes)?;
+        self.sync_dir_if_pending()
+    }
+
+    /// Creates (or takes the spare as) the segment for a commit whose first record is
+    /// `first_lsn`, and moves the writer to it. Its name is not durable yet: the
+    /// directory sync is pending, and done before any record is written into it, so no
+    /// half-adopted segment is ever left behind for recovery to trip over.
+    fn adopt_new_segment(&mut self, first_lsn: u64, commit_bytes: u64) -> Result<()> {
         self.clean_active()?;
         let block = self.active.block;
         let size = self
@@ -907,7 +915,7 @@ impl Writer {
         self.stats.segment_rolls += 1;
         self.dir_sync_pending = true;
         self.start_spare();
-        self.sync_dir_if_pending()
+        Ok(())
     }
 
     /// Starts preparing the next segment in the background, if enabled and not running.
