@@ -1022,6 +1022,11 @@ class Staging {
     return this.used >= STAGE_FLUSH_BYTES || this.words >= STAGE_FLUSH_WORDS
   }
 
+  /** The staged payload bytes (a view: the native side copies exactly these). */
+  packedBytes(): Uint8Array {
+    return this.bytes.subarray(0, this.used)
+  }
+
   /** The tickets of the staged jobs. */
   tickets(): number[] {
     const out: number[] = []
@@ -1582,7 +1587,7 @@ export class Wal {
     const staging = this.#staging
     if (staging.jobs === 0) return
     try {
-      this.#handle.submitPacked(staging.meta, staging.words, staging.bytes, staging.hasIds ? staging.ids : null)
+      this.#handle.submitPacked(staging.meta, staging.words, staging.packedBytes(), staging.hasIds ? staging.ids : null)
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error)
       for (const ticket of staging.tickets()) this.#inflight.fail(ticket, fromNative(new Error(message)))
@@ -1597,7 +1602,7 @@ export class Wal {
     const staging = this.#staging
     try {
       staging.job(0, records)
-      return call(() => this.#handle.appendPackedSync(staging.meta, staging.words, staging.bytes, staging.hasIds ? staging.ids : null))
+      return call(() => this.#handle.appendPackedSync(staging.meta, staging.words, staging.packedBytes(), staging.hasIds ? staging.ids : null))
     } finally {
       staging.reset()
     }

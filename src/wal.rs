@@ -23,9 +23,9 @@ use std::path::Path;
 use doublewrite::crypto::KEY_BYTES;
 use doublewrite::io::StdVfs;
 use doublewrite::record::MAX_PAYLOAD_BYTES;
-use doublewrite::wal::AppendCallback;
+use doublewrite::wal::{pooled_copy, AppendCallback};
 use doublewrite::{
-    DwbMode, KeyRing, Protection, RecordError, RecordInput, Replay, TailProtection, Wal,
+    DwbMode, KeyRing, Payload, Protection, RecordError, RecordInput, Replay, TailProtection, Wal,
     WalOptions, WalRecord,
 };
 use napi::bindgen_prelude::{
@@ -313,10 +313,11 @@ fn malformed(what: &str) -> napi::Error {
 /// `meta` holds, per job, `[ticket, recordCount]` then `[recordType, payloadLength,
 /// vshardId, flags]` per record; the payloads follow each other in `payloads`, in
 /// record order; `ids` holds two ids per record (see [`FLAG_IDS`]) when any is set.
-/// Every payload is copied once, into its [`RecordInput`]. Fails (and nothing is queued)
-/// on metadata that does not add up.
+/// The payloads are copied once, together, into a reused buffer that the records share
+/// ([`pooled_copy`]). Fails (and nothing is queued) on metadata that does not add up.
 fn unpack(meta: &[u32], payloads: &[u8], ids: Option<&[u64]>) -> Result<Vec<PackedJob>> {
     let mut jobs = Vec::new();
+    let mut shared = None;
     let mut word = 0;
     let mut offset = 0;
     let mut index = 0;
@@ -352,13 +353,15 @@ fn unpack(meta: &[u32], payloads: &[u8], ids: Option<&[u64]>) -> Result<Vec<Pack
                 continue;
             }
             let end = offset + length as usize;
-            let Some(payload) = payloads.get(offset..end) else {
+            if end > payloads.len() {
                 return Err(malformed("a payload runs past the packed bytes"));
-            };
+            }
+            let buffer = shared.get_or_insert_with(|| pooled_copy(payloads));
+            let payload = Payload::shared(buffer.clone(), offset..end);
             offset = end;
             records.push(RecordInput {
                 record_type,
-                payload: payload.to_vec(),
+                payload,
                 tenant_id,
                 vshard_id,
                 database_id,

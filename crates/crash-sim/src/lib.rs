@@ -219,7 +219,7 @@ impl Model {
         self.sizes.insert(id, len);
         let input = RecordInput {
             record_type: RecordType::PUT,
-            payload: payload(id, len),
+            payload: payload(id, len).into(),
             tenant_id: id,
             vshard_id: (id % 7) as u32,
             database_id: check_value(id, len),

@@ -26,6 +26,6 @@ pub use dwb::{
 pub use error::{Error, Result};
 pub use record::{RecordError, RecordHeader, RecordType, WalRecord};
 pub use wal::{
-    Protection, ProtectionState, ProtectionStatus, RecordInput, RecoveryReport, Replay,
+    Payload, Protection, ProtectionState, ProtectionStatus, RecordInput, RecoveryReport, Replay,
     TailProtection, Wal, WalOptions, WalStats,
 };

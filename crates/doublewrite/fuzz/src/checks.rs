@@ -801,7 +801,7 @@ pub fn wal_dir(data: &[u8]) {
         let payload: Vec<u8> = data.iter().rev().take(300).copied().collect();
         let appended = RecordInput {
             record_type: RecordType::PUT,
-            payload: payload.clone(),
+            payload: payload.clone().into(),
             tenant_id: data.len() as u64,
             vshard_id: 7,
             database_id: 9,

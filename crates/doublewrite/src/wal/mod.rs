@@ -7,6 +7,7 @@
 //! the commit holding its records returned success. See `writer.rs` for the commit and
 //! `recovery.rs` for the recovery decision table.
 
+mod payload;
 pub mod recovery;
 mod replay;
 pub mod segment;
@@ -27,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::io::{FileKind, OpenOptions, StdVfs, Vfs};
 use crate::record::{check_record_type, RecordError, RecordType, MAX_PAYLOAD_BYTES};
 
+pub use payload::{pooled_copy, Payload, SharedBytes};
 pub use replay::Replay;
 pub use segment::SegmentFile;
 use writer::Writer;
@@ -192,14 +194,14 @@ impl Default for WalOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RecordInput {
     pub record_type: u32,
-    pub payload: Vec<u8>,
+    pub payload: Payload,
     pub tenant_id: u64,
     pub vshard_id: u32,
     pub database_id: u64,
 }
 
 impl RecordInput {
-    pub fn new(record_type: u32, payload: impl Into<Vec<u8>>) -> RecordInput {
+    pub fn new(record_type: u32, payload: impl Into<Payload>) -> RecordInput {
         RecordInput {
             record_type,
             payload: payload.into(),
