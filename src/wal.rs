@@ -2,8 +2,8 @@
 //!
 //! Appends never block the JS thread and never hold a libuv pool thread. The TS layer
 //! packs the appends of one tick into typed arrays (see [`unpack`]) and hands them over
-//! in ONE `submitPacked` call, which copies each payload once into the core's
-//! [`RecordInput`]s and queues every caller's job for the commit thread.
+//! in ONE `submitPacked` call, which copies the payloads once, together, into a buffer
+//! the core's [`RecordInput`]s share, and queues every caller's job for the commit thread.
 //!
 //! Outcomes come back in batches: the commit thread puts each one into the WAL's outbox,
 //! and once all the outcomes of a commit are in (the core's completion hook) schedules a
@@ -356,8 +356,12 @@ fn unpack(meta: &[u32], payloads: &[u8], ids: Option<&[u64]>) -> Result<Vec<Pack
             if end > payloads.len() {
                 return Err(malformed("a payload runs past the packed bytes"));
             }
-            let buffer = shared.get_or_insert_with(|| pooled_copy(payloads));
-            let payload = Payload::shared(buffer.clone(), offset..end);
+            let payload = if length == 0 {
+                Payload::default()
+            } else {
+                let buffer = shared.get_or_insert_with(|| pooled_copy(payloads));
+                Payload::shared(buffer.clone(), offset..end)
+            };
             offset = end;
             records.push(RecordInput {
                 record_type,

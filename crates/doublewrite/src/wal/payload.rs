@@ -4,7 +4,7 @@
 //! second form lets a binding copy the payloads of one call into one buffer that it reuses
 //! once the call's commit is done, instead of allocating (and faulting in) fresh memory for
 //! every record: the buffer goes back to its owner when the last record holding it is
-//! dropped, on the commit thread ([`pooled_copy`]).
+//! dropped, normally by the commit thread ([`pooled_copy`]).
 
 use std::fmt;
 use std::ops::{Deref, Range};
@@ -81,6 +81,30 @@ impl From<&[u8]> for Payload {
     }
 }
 
+impl From<Box<[u8]>> for Payload {
+    fn from(bytes: Box<[u8]>) -> Payload {
+        Payload(Repr::Owned(bytes.into_vec()))
+    }
+}
+
+impl From<String> for Payload {
+    fn from(text: String) -> Payload {
+        Payload(Repr::Owned(text.into_bytes()))
+    }
+}
+
+impl From<&str> for Payload {
+    fn from(text: &str) -> Payload {
+        Payload(Repr::Owned(text.as_bytes().to_vec()))
+    }
+}
+
+impl<const N: usize> From<[u8; N]> for Payload {
+    fn from(bytes: [u8; N]) -> Payload {
+        Payload(Repr::Owned(bytes.to_vec()))
+    }
+}
+
 impl<const N: usize> From<&[u8; N]> for Payload {
     fn from(bytes: &[u8; N]) -> Payload {
         Payload(Repr::Owned(bytes.to_vec()))
@@ -103,27 +127,34 @@ impl fmt::Debug for Payload {
 }
 
 // The pool of `pooled_copy`: while payloads are in flight it keeps what their commits give
-// back, so a burst reuses memory its first commits have freed; once none is in flight it
-// keeps only a few buffers, so an idle process does not hold a burst's memory.
+// back, so a burst reuses memory its first commits have freed; it never keeps more free
+// buffers than are lent out (plus a few), so a process whose appends have drained does not
+// hold a burst's memory.
 
-/// Buffers kept while copies are in flight, at most; more are freed.
+/// Free buffers kept, at most.
 const MAX_POOLED: usize = 64;
-/// Buffers kept once no copy is in flight.
-const KEPT_IDLE: usize = 4;
+/// Free buffers kept beyond the number lent out.
+const KEPT_SPARE: usize = 4;
+/// Bytes of capacity the free buffers may hold together.
+const MAX_POOLED_BYTES: usize = 64 << 20;
 /// A buffer larger than this is freed, not kept (one large append must not pin its size).
 const MAX_POOLED_CAPACITY: usize = 4 << 20;
-/// A new buffer has room for at least this much: small calls then leave buffers that a
-/// full hand-over of the JS layer (1 MiB, `STAGE_FLUSH_BYTES` in index.ts) mostly reuses.
-const MIN_CAPACITY: usize = 64 << 10;
+/// Smaller copies get a buffer of their own, not a pooled one: their allocation is cheap,
+/// and a small call (one 128-byte append) must not hold a buffer sized for a large one.
+const MIN_POOLED_BYTES: usize = 16 << 10;
 
 struct Pool {
+    /// Oldest first.
     free: Vec<Vec<u8>>,
-    /// Copies handed out and not yet dropped.
+    /// Sum of the capacities of `free`.
+    free_bytes: usize,
+    /// Pooled copies handed out and not yet dropped.
     lent: usize,
 }
 
 static POOL: Mutex<Pool> = Mutex::new(Pool {
     free: Vec::new(),
+    free_bytes: 0,
     lent: 0,
 });
 
@@ -146,17 +177,20 @@ impl Drop for Pooled {
         bytes.clear();
         let mut pool = pool();
         pool.lent -= 1;
-        let keep = if pool.lent == 0 {
-            KEPT_IDLE
-        } else {
-            MAX_POOLED
-        };
-        if bytes.capacity() <= MAX_POOLED_CAPACITY && pool.free.len() < keep {
+        if bytes.capacity() <= MAX_POOLED_CAPACITY {
+            pool.free_bytes += bytes.capacity();
             pool.free.push(bytes);
         }
-        let excess = pool.free.len().saturating_sub(keep);
-        // The oldest first: the newest were touched last and are likeliest still cached.
+        // Over a bound: free the oldest (the newest were touched last, likeliest cached).
+        let keep = MAX_POOLED.min(pool.lent + KEPT_SPARE);
+        let mut excess = pool.free.len().saturating_sub(keep);
+        while pool.free_bytes - pool.free[..excess].iter().map(Vec::capacity).sum::<usize>()
+            > MAX_POOLED_BYTES
+        {
+            excess += 1;
+        }
         let freed: Vec<Vec<u8>> = pool.free.drain(..excess).collect();
+        pool.free_bytes -= freed.iter().map(Vec::capacity).sum::<usize>();
         drop(pool);
         drop(freed);
     }
@@ -164,16 +198,24 @@ impl Drop for Pooled {
 
 /// `bytes` copied into a buffer from a process-wide pool (or a new one when none is free),
 /// for [`Payload::shared`]: the buffer goes back to the pool when the last payload holding
-/// it is dropped. Allocating per record instead costs a page fault per 4 KiB payload when
-/// the allocator gives freed memory back to the kernel (docs/PERFORMANCE.md §6).
+/// it is dropped (by the commit thread, once the commit is done). Allocating per record
+/// instead costs a page fault per 4 KiB payload when the allocator gives freed memory back
+/// to the kernel (docs/PERFORMANCE.md §6). Copies under 16 KiB get a buffer of their own.
 pub fn pooled_copy(bytes: &[u8]) -> SharedBytes {
+    if bytes.len() < MIN_POOLED_BYTES {
+        return Arc::new(bytes.to_vec());
+    }
     let reused = {
         let mut pool = pool();
         pool.lent += 1;
-        pool.free.pop()
+        let reused = pool.free.pop();
+        if let Some(buffer) = &reused {
+            pool.free_bytes -= buffer.capacity();
+        }
+        reused
     };
     let mut buffer = reused.unwrap_or_default();
-    buffer.reserve(bytes.len().max(MIN_CAPACITY));
+    buffer.reserve_exact(bytes.len());
     buffer.extend_from_slice(bytes);
     Arc::new(Pooled(buffer))
 }
@@ -232,47 +274,86 @@ mod tests {
         );
     }
 
-    /// The pool is process-wide; one test touches it, so no other test races its counts.
+    /// The pool is process-wide: this is the one test that touches it (the binding's
+    /// calls are tested from JavaScript), so no other test races its counts.
     #[test]
-    fn the_pool_reuses_returned_buffers_and_keeps_few_once_nothing_is_in_flight() {
-        let first = pooled_copy(&[1, 2, 3]);
-        assert_eq!((*first).as_ref(), &[1, 2, 3]);
+    fn the_pool_reuses_returned_buffers_within_its_bounds() {
+        let size = MIN_POOLED_BYTES;
+        let fill = |n: u8| vec![n; size];
+
+        // A small copy is a buffer of its own and never enters the pool.
+        drop(pooled_copy(&[1, 2, 3]));
+        let pool_now = pool();
+        assert_eq!((pool_now.free.len(), pool_now.lent), (0, 0));
+        drop(pool_now);
+
+        let first = pooled_copy(&fill(1));
+        assert_eq!((*first).as_ref(), &fill(1)[..]);
         let address = (*first).as_ref().as_ptr();
         drop(first);
-        let second = pooled_copy(&[4, 5]);
-        assert_eq!((*second).as_ref(), &[4, 5]);
-        assert_eq!(
-            (*second).as_ref().as_ptr(),
-            address,
-            "the second copy reuses the first's buffer"
-        );
+        assert_eq!(pool().free.len(), 1, "a dropped copy's buffer is kept");
+        let second = pooled_copy(&fill(2));
+        assert_eq!((*second).as_ref(), &fill(2)[..]);
+        assert_eq!((*second).as_ref().as_ptr(), address, "and reused");
+        assert_eq!(pool().free.len(), 0);
         drop(second);
 
-        // A burst: while one copy stays in flight, the returned buffers are kept, up to a bound.
-        let held = pooled_copy(&[0]);
-        let burst: Vec<_> = (0..MAX_POOLED + 4)
-            .map(|i| pooled_copy(&[i as u8]))
+        // A burst: the returned buffers are kept while others are still lent, up to a bound.
+        let burst: Vec<_> = (0..MAX_POOLED + 8)
+            .map(|i| pooled_copy(&fill(i as u8)))
             .collect();
-        drop(burst);
+        let newest = (*burst[burst.len() - 1]).as_ref().as_ptr();
+        let mut burst = burst.into_iter();
+        for copy in burst.by_ref().take(MAX_POOLED + 4) {
+            drop(copy);
+        }
         assert_eq!(
             pool().free.len(),
-            MAX_POOLED,
-            "extra buffers are freed, not kept"
+            4 + KEPT_SPARE,
+            "no more than lent + KEPT_SPARE"
         );
-        let large = pooled_copy(&vec![0u8; MAX_POOLED_CAPACITY + 1]);
-        drop(large);
+        for copy in burst {
+            drop(copy);
+        }
+        let pool_now = pool();
+        assert_eq!(
+            pool_now.free.len(),
+            KEPT_SPARE,
+            "a drained pool keeps only a few"
+        );
+        assert_eq!(pool_now.lent, 0);
+        assert_eq!(
+            pool_now.free.last().map(Vec::as_ptr),
+            Some(newest),
+            "the newest buffer is kept, the oldest freed"
+        );
+        assert_eq!(
+            pool_now.free_bytes,
+            pool_now.free.iter().map(Vec::capacity).sum::<usize>()
+        );
+        drop(pool_now);
+
+        // A buffer too large to keep.
+        let before = pool().free.len();
+        drop(pooled_copy(&vec![0u8; MAX_POOLED_CAPACITY + 1]));
         assert_eq!(
             pool().free.len(),
-            MAX_POOLED - 1,
-            "an oversized buffer is not kept (it took a pooled one)"
+            before - 1,
+            "it took a pooled buffer and freed it"
         );
-        // The burst is over: the last copy in flight is dropped.
-        drop(held);
-        assert_eq!(
-            pool().free.len(),
-            KEPT_IDLE,
-            "an idle pool keeps only a few"
-        );
-        assert_eq!(pool().lent, 0);
+
+        // The bytes bound: 17 returned buffers of 4 MiB while 13 are lent; the count bound
+        // (13 + KEPT_SPARE) would keep all 17, the bytes bound keeps 16 (64 MiB).
+        let largest = vec![0u8; MAX_POOLED_CAPACITY];
+        let big: Vec<_> = (0..30).map(|_| pooled_copy(&largest)).collect();
+        let mut big = big.into_iter();
+        for copy in big.by_ref().take(17) {
+            drop(copy);
+        }
+        let pool_now = pool();
+        assert_eq!(pool_now.free.len(), MAX_POOLED_BYTES / MAX_POOLED_CAPACITY);
+        assert!(pool_now.free_bytes <= MAX_POOLED_BYTES);
+        drop(pool_now);
+        drop(big);
     }
 }
