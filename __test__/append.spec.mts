@@ -61,6 +61,34 @@ test('a payload buffer reused right after append returns is written as it was at
   records.forEach((record, i) => t.deepEqual(record.payload, expected[i], `record ${i} (${expected[i]?.length} bytes)`))
 })
 
+test('ticks of appends in flight together keep their own bytes while the buffers their payloads were copied into are reused', async (t) => {
+  // Each tick hands over more than 16 KiB, so its payloads go into one pooled buffer; the
+  // ticks are not awaited, so buffers come back (and are reused) while later ticks are
+  // still queued. A buffer reused before all its records were written would show up here
+  // as another tick's bytes.
+  const wal = await openWal(t, { segmentSize: 4 << 20 })
+  const ticks = 150
+  const perTick = 40
+  const pending: Promise<bigint>[] = []
+  const expected: Uint8Array[] = []
+  for (let tick = 0; tick < ticks; tick++) {
+    for (let i = 0; i < perTick; i++) {
+      const size = i % 13 === 0 ? 0 : 700 + ((tick * 7 + i * 31) % 900)
+      const payload = pattern(size, tick * perTick + i)
+      expected.push(payload)
+      pending.push(wal.append(RecordType.Put, payload))
+    }
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  const lsns = await Promise.all(pending)
+  t.deepEqual(lsns, Array.from({ length: ticks * perTick }, (_, i) => BigInt(i + 1)))
+  const records = await replayAll(wal)
+  t.is(records.length, expected.length)
+  const wrong = records.filter((record, i) => !Buffer.from(record.payload).equals(Buffer.from(expected[i] as Uint8Array)))
+  t.is(wrong.length, 0, `records with another record's bytes: ${wrong.map((r) => r.lsn).slice(0, 5).join(', ')}`)
+  t.true(wal.stats.commits > 1n, `commits ran while ticks were queued: ${wal.stats.commits}`)
+})
+
 test('10,000 concurrent appends each get their own LSN, in call order, and their own payload', async (t) => {
   const wal = await openWal(t, { segmentSize: 4 << 20 })
   const count = 10_000
