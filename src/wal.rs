@@ -313,8 +313,8 @@ fn malformed(what: &str) -> napi::Error {
 /// `meta` holds, per job, `[ticket, recordCount]` then `[recordType, payloadLength,
 /// vshardId, flags]` per record; the payloads follow each other in `payloads`, in
 /// record order; `ids` holds two ids per record (see [`FLAG_IDS`]) when any is set.
-/// The payloads are copied once, together, into a reused buffer that the records share
-/// ([`pooled_copy`]). Fails (and nothing is queued) on metadata that does not add up.
+/// The payloads are copied once, together, into one buffer that the records share
+/// (pooled from 16 KiB: [`pooled_copy`]). Fails (and nothing is queued) on metadata that does not add up.
 fn unpack(meta: &[u32], payloads: &[u8], ids: Option<&[u64]>) -> Result<Vec<PackedJob>> {
     let mut jobs = Vec::new();
     let mut shared = None;

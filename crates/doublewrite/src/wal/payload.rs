@@ -146,15 +146,28 @@ const MIN_POOLED_BYTES: usize = 16 << 10;
 struct Pool {
     /// Oldest first.
     free: Vec<Vec<u8>>,
-    /// Sum of the capacities of `free`.
-    free_bytes: usize,
     /// Pooled copies handed out and not yet dropped.
     lent: usize,
 }
 
+impl Pool {
+    /// Takes out the oldest free buffers beyond the bounds (the newest were touched last,
+    /// likeliest still cached), for the caller to free outside the lock.
+    fn trim(&mut self) -> Vec<Vec<u8>> {
+        let mut bytes = 0;
+        let kept = (self.free.iter().rev())
+            .take(MAX_POOLED.min(self.lent + KEPT_SPARE))
+            .take_while(|buffer| {
+                bytes += buffer.capacity();
+                bytes <= MAX_POOLED_BYTES
+            })
+            .count();
+        self.free.drain(..self.free.len() - kept).collect()
+    }
+}
+
 static POOL: Mutex<Pool> = Mutex::new(Pool {
     free: Vec::new(),
-    free_bytes: 0,
     lent: 0,
 });
 
@@ -178,19 +191,9 @@ impl Drop for Pooled {
         let mut pool = pool();
         pool.lent -= 1;
         if bytes.capacity() <= MAX_POOLED_CAPACITY {
-            pool.free_bytes += bytes.capacity();
             pool.free.push(bytes);
         }
-        // Over a bound: free the oldest (the newest were touched last, likeliest cached).
-        let keep = MAX_POOLED.min(pool.lent + KEPT_SPARE);
-        let mut excess = pool.free.len().saturating_sub(keep);
-        while pool.free_bytes - pool.free[..excess].iter().map(Vec::capacity).sum::<usize>()
-            > MAX_POOLED_BYTES
-        {
-            excess += 1;
-        }
-        let freed: Vec<Vec<u8>> = pool.free.drain(..excess).collect();
-        pool.free_bytes -= freed.iter().map(Vec::capacity).sum::<usize>();
+        let freed = pool.trim();
         drop(pool);
         drop(freed);
     }
@@ -208,11 +211,7 @@ pub fn pooled_copy(bytes: &[u8]) -> SharedBytes {
     let reused = {
         let mut pool = pool();
         pool.lent += 1;
-        let reused = pool.free.pop();
-        if let Some(buffer) = &reused {
-            pool.free_bytes -= buffer.capacity();
-        }
-        reused
+        pool.free.pop()
     };
     let mut buffer = reused.unwrap_or_default();
     buffer.reserve_exact(bytes.len());
@@ -327,10 +326,6 @@ mod tests {
             Some(newest),
             "the newest buffer is kept, the oldest freed"
         );
-        assert_eq!(
-            pool_now.free_bytes,
-            pool_now.free.iter().map(Vec::capacity).sum::<usize>()
-        );
         drop(pool_now);
 
         // A buffer too large to keep.
@@ -352,7 +347,7 @@ mod tests {
         }
         let pool_now = pool();
         assert_eq!(pool_now.free.len(), MAX_POOLED_BYTES / MAX_POOLED_CAPACITY);
-        assert!(pool_now.free_bytes <= MAX_POOLED_BYTES);
+        assert!(pool_now.free.iter().map(Vec::capacity).sum::<usize>() <= MAX_POOLED_BYTES);
         drop(pool_now);
         drop(big);
     }
