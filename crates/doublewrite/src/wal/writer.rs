@@ -56,6 +56,9 @@ enum Protected {
     NeedsFreshSegment,
 }
 
+/// Synced pages are handed back to the kernel in steps of at least this many bytes.
+const RELEASE_STEP: u64 = 256 * 1024;
+
 /// The segment being appended to.
 #[derive(Debug)]
 struct Active {
@@ -71,6 +74,8 @@ struct Active {
     /// Bytes up to here may hold unsynced leftovers of a failed write; the next commit
     /// overwrites them with zeros.
     dirty_end: u64,
+    /// The page cache was told to drop this segment's pages below here.
+    released: u64,
 }
 
 /// Acknowledged records overlapping the partial block at the end of the log.
@@ -193,6 +198,7 @@ impl Writer {
             size,
             end: last.end_offset,
             dirty_end: last.end_offset,
+            released: 0,
         };
         let block_bytes = block as usize;
         let mut writer = Writer {
@@ -443,6 +449,7 @@ impl Writer {
         self.active.end = end;
         self.next_lsn = first_lsn + record_count;
         self.update_tail(base, &body, &spans);
+        self.release_synced_pages();
         Ok(first_lsn)
     }
 
@@ -683,6 +690,26 @@ impl Writer {
         Ok(())
     }
 
+    /// Lets the kernel have back the page-cache pages of synced bytes this writer will not
+    /// touch again: every whole page before the one holding the end of the log (that page
+    /// the next commit writes into; see [`Self::write_wal`]). Nothing reads a WAL back
+    /// while it is open but a replay, which then reads the device; what the pages buy is
+    /// that the next commits' copies land in memory the kernel has just freed instead of
+    /// fresh pages (PostgreSQL does the same with finished WAL segments). Advice only: a
+    /// refusal changes nothing on disk, so it is ignored.
+    fn release_synced_pages(&mut self) {
+        if self.options.direct_io {
+            return;
+        }
+        let below = round_down(self.active.end, PAGE_BYTES);
+        let from = self.active.released;
+        if below < from + RELEASE_STEP {
+            return;
+        }
+        let _ = self.active.file.drop_cache(from, below - from);
+        self.active.released = below;
+    }
+
     /// Step 2: write the commit's bytes at `base`.
     fn write_wal(&mut self, base: u64, body: &[u8]) -> Result<()> {
         let end = base + body.len() as u64;
@@ -907,6 +934,7 @@ impl Writer {
             size,
             end: block,
             dirty_end: block,
+            released: 0,
         };
         self.tail = Tail {
             start: block,
