@@ -1443,7 +1443,9 @@ export class Wal {
   /**
    * The durable records, in LSN order, from `fromLsn` to the newest acknowledged when
    * this is called; read off the JS thread in batches. Arguments are checked (and the
-   * snapshot taken) when this is called; read errors reject the iteration.
+   * snapshot taken) when this is called; read errors reject the iteration. An open WAL
+   * hands the page cache back its synced pages as it goes (all but the last 256 KiB or
+   * so; none with `directIo`), so a replay of a running log reads from the device.
    *
    * @throws {TypeError} `ERR_INVALID_ARG_TYPE` when `fromLsn` is not a bigint.
    * @throws {RangeError} `ERR_OUT_OF_RANGE` when `fromLsn` or a type is out of range.

@@ -690,13 +690,14 @@ impl Writer {
         Ok(())
     }
 
-    /// Lets the kernel have back the page-cache pages of synced bytes this writer will not
-    /// touch again: every whole page before the one holding the end of the log (that page
-    /// the next commit writes into; see [`Self::write_wal`]). Nothing reads a WAL back
-    /// while it is open but a replay, which then reads the device; what the pages buy is
-    /// that the next commits' copies land in memory the kernel has just freed instead of
-    /// fresh pages (PostgreSQL does the same with finished WAL segments). Advice only: a
-    /// refusal changes nothing on disk, so it is ignored.
+    /// Hands the kernel back the page-cache pages of synced bytes this writer will not
+    /// touch again: every whole page before the one holding the end of the log (the next
+    /// commit writes into that one, see [`Self::write_wal`]; the kernel keeps any page the
+    /// range covers only in part). Nothing reads an open WAL but a replay, which then
+    /// reads the device; in exchange the next commits copy into memory the kernel has just
+    /// freed instead of fresh pages, and a log that only grows does not fill the cache
+    /// (PostgreSQL drops closed WAL segments the same way when nothing else reads them).
+    /// Advice only: a refusal changes nothing on disk, so it is ignored.
     fn release_synced_pages(&mut self) {
         if self.options.direct_io {
             return;
