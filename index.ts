@@ -1278,7 +1278,7 @@ class Inflight {
  *
  * Appends never block the JS thread nor hold a libuv pool thread: the commit runs on the
  * WAL's own thread. Opening, syncing, truncating, replaying and closing run on the libuv
- * pool; each has a `*Sync` twin that runs on the JS thread.
+ * pool; each has a `*Sync` twin that blocks the JS thread until it is done.
  *
  * After {@link close}, every method and getter throws (or rejects with) `ERR_WAL_CLOSED`.
  */
@@ -1391,12 +1391,17 @@ export class Wal {
     return inputs.map((_, i) => first + BigInt(i))
   }
 
-  /** {@link append} on the JS thread: returns once the record is durable. */
+  /**
+   * {@link append} that blocks the JS thread until the record is durable. When no append is
+   * staged, queued or committing, the commit (write and fdatasync) runs on the JS thread
+   * itself, as better-sqlite3's does, with no hand-off to the commit thread and back;
+   * otherwise it waits behind that work, so LSNs follow the order of the calls.
+   */
   appendSync(recordType: number, payload: Uint8Array, options?: AppendOptions): bigint {
     return this.#appendNow([recordInput('', recordType, payload, options)])
   }
 
-  /** {@link appendBatch} on the JS thread. */
+  /** {@link appendBatch} that blocks the JS thread; commits like {@link appendSync}. */
   appendBatchSync(records: readonly RecordInput[]): bigint[] {
     const inputs = batchInputs(records)
     const first = this.#appendNow(inputs)

@@ -127,6 +127,29 @@ test('appendSync and appendBatchSync are durable on return and keep call order w
   )
 })
 
+test('appendSync after an awaited append (it commits on the JS thread) and with appends in flight (it queues) keeps call order', async (t) => {
+  const wal = await openWal(t, tempDir(t, 'wal'))
+  const expected: string[] = []
+  let last = 0n
+  for (let i = 0; i < 60; i++) {
+    const pending = wal.append(RecordType.Put, bytesOf(`async ${i}`))
+    expected.push(`async ${i}`)
+    // Every other round the writer is idle when appendSync runs; otherwise the append above is
+    // still staged or committing and appendSync must land after it.
+    if (i % 2 === 0) t.is(await pending, last + 1n)
+    const lsn = wal.appendSync(RecordType.Put, bytesOf(`sync ${i}`))
+    expected.push(`sync ${i}`)
+    t.is(lsn, last + 2n)
+    if (i % 2 === 1) t.is(await pending, last + 1n)
+    last = lsn
+  }
+  t.is(wal.lastLsn, 120n)
+  t.deepEqual(
+    [...wal.replaySync()].map((r) => textOf(r.payload)),
+    expected,
+  )
+})
+
 test('replay: async and sync iterators, from an LSN, in small batches, and early exit', async (t) => {
   const wal = await openWal(t, tempDir(t, 'wal'))
   await wal.appendBatch(Array.from({ length: 300 }, (_, i) => ({ recordType: RecordType.Put, payload: bytesOf(String(i + 1)) })))
