@@ -38,6 +38,7 @@ const ORDER = [
   'dw-off',
   'dw-directio',
   'dw-encrypted',
+  'dw-pad-sync',
   'js-wal',
   'js-dwb',
   'sqlite-wal-full',

@@ -503,6 +503,13 @@ function targets(summaries) {
     const r = p1.commitsPerSec / sq1.commitsPerSec
     check('W1 dw-buffered-pad ≥ better-sqlite3 (WAL, FULL)', r, 1, r >= 1, `${fmt(p1.commitsPerSec)} vs ${fmt(sq1.commitsPerSec)} commits/s`)
   }
+  // Not the issue's row (its append is awaited) but the like-for-like one: better-sqlite3
+  // blocks the JS thread for each commit, and so does appendSync.
+  const s1 = get('dw-pad-sync/W1/128')
+  if (s1 && sq1) {
+    const r = s1.commitsPerSec / sq1.commitsPerSec
+    check('W1 dw-pad-sync (appendSync, blocking as better-sqlite3) ≥ better-sqlite3', r, 1, r >= 1, `${fmt(s1.commitsPerSec)} vs ${fmt(sq1.commitsPerSec)} commits/s`)
+  }
   for (const config of ['dw-buffered-mirror', 'dw-direct-mirror', 'dw-buffered-pad']) {
     const w2 = get(`${config}/W2/128`)
     for (const peer of ['js-wal', 'sqlite-wal-full']) {

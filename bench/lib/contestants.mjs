@@ -29,7 +29,13 @@ export const OUR_CONFIGS = {
     tailProtection: 'mirror',
     encryption: { keys: [{ id: 1, key: new Uint8Array(32).fill(0x5a) }], activeKeyId: 1 },
   },
+  // 'pad' through appendSync / appendBatchSync: the commit runs on the JS thread, blocking it
+  // as better-sqlite3 does (W1 and W2 only: a blocking call cannot overlap).
+  'dw-pad-sync': { dwbMode: 'buffered', tailProtection: 'pad' },
 }
+
+/** Our contestants that commit on the JS thread (the `*Sync` twins). */
+const BLOCKING = new Set(['dw-pad-sync'])
 
 export const PEERS = ['js-wal', 'js-dwb', 'sqlite-wal-full', 'lmdb', 'classic-level-sync']
 
@@ -40,6 +46,7 @@ export const DESCRIPTIONS = {
   'dw-buffered-pad': "doublewrite, dwbMode 'buffered', tailProtection 'pad' (one sync per commit)",
   'dw-off': "doublewrite, dwbMode 'off' (no DWB; commits padded to a block)",
   'dw-directio': 'doublewrite, directIo: true (O_DIRECT segments and DWB; commits padded)',
+  'dw-pad-sync': "doublewrite, tailProtection 'pad' through appendSync / appendBatchSync: blocks the JS thread for each commit, as better-sqlite3 does",
   'dw-encrypted': "doublewrite, the defaults plus encryption (AES-256-GCM, one key): the cost of encryption next to dw-buffered-mirror",
   'js-wal': 'hand-written JS log: [len][crc32][payload] frames, fs.writeSync to an O_APPEND file + fs.fdatasyncSync',
   'js-dwb': 'hand-written JS double write: the frames at offset 0 of a side file + fdatasyncSync, then appended to the log + fdatasyncSync',
@@ -86,17 +93,20 @@ function ours(id, options, packageDir) {
   const { api } = loadPackage(packageDir)
   const { Wal, RecordType } = api
   const Put = RecordType.Put
+  const blocking = BLOCKING.has(id)
   let wal
   return {
     id,
-    sync: false,
+    sync: blocking,
     async open(dir) {
       wal = await Wal.open(path.join(dir, 'wal'), options)
       await spareSettled(path.join(dir, 'wal'))
     },
-    commitOne: (payload) => wal.append(Put, payload),
-    commitBatch: (payloads) => wal.appendBatch(payloads.map((payload) => ({ recordType: Put, payload }))),
-    append: (payload) => wal.append(Put, payload),
+    commitOne: blocking ? (payload) => wal.appendSync(Put, payload) : (payload) => wal.append(Put, payload),
+    commitBatch: blocking
+      ? (payloads) => wal.appendBatchSync(payloads.map((payload) => ({ recordType: Put, payload })))
+      : (payloads) => wal.appendBatch(payloads.map((payload) => ({ recordType: Put, payload }))),
+    ...(blocking ? {} : { append: (payload) => wal.append(Put, payload) }),
     stats() {
       const s = wal.stats
       return Object.fromEntries(Object.entries(s).map(([k, v]) => [k, Number(v)]))
