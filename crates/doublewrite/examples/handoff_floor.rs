@@ -1,0 +1,309 @@
+//! What a thread hand-off costs a durable commit on this machine, outside doublewrite.
+//!
+//! ```text
+//! cargo run --release -p doublewrite --example handoff_floor -- DIR [COMMITS] [ROUNDS]
+//! ```
+//!
+//! Three ways to make one 4 KiB write durable, each a loop of COMMITS (default 2000)
+//! write + fdatasync cycles into one preallocated, zero-filled 64 MiB file in DIR, run in
+//! interleaved rounds (default 9) so that a noisy disk hits all three alike:
+//! - `inline`: the calling thread writes and calls fdatasync — what better-sqlite3 does on
+//!   the JS thread;
+//! - `handoff`: the caller wakes a worker thread (mutex + condvar), the worker writes and
+//!   calls fdatasync, then wakes the caller through an eventfd the caller waits on in
+//!   `epoll_wait` — the two wakes of an awaited doublewrite append (JS thread → commit
+//!   thread → libuv's eventfd), without JS or encoding;
+//! - `aio-fdsync`: the caller writes, submits `IOCB_CMD_FDSYNC` with Linux AIO (the kernel
+//!   runs the sync on a workqueue) and waits for its eventfd in `epoll_wait` — one way an
+//!   async API could sync without a thread of its own.
+//!
+//! It prints the median µs per commit of each. PERFORMANCE.md §2 quotes it: the hand-off is
+//! the gap between an awaited append and better-sqlite3's blocking one.
+#![allow(unsafe_code)] // raw syscalls (epoll, eventfd, AIO): the experiment is about them
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::fs::File;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Instant;
+
+    const BLOCK: usize = 4096;
+    const SPAN: u64 = 64 << 20;
+
+    /// `struct iocb` of `<linux/aio_abi.h>` (little-endian field order).
+    #[repr(C)]
+    #[derive(Debug, Default)]
+    struct Iocb {
+        data: u64,
+        key: u32,
+        rw_flags: u32,
+        opcode: u16,
+        priority: i16,
+        fd: u32,
+        buf: u64,
+        nbytes: u64,
+        offset: i64,
+        reserved: u64,
+        flags: u32,
+        resfd: u32,
+    }
+
+    /// `struct io_event` of `<linux/aio_abi.h>`.
+    #[repr(C)]
+    #[derive(Debug, Default, Clone, Copy)]
+    struct IoEvent {
+        data: u64,
+        obj: u64,
+        res: i64,
+        res2: i64,
+    }
+
+    const IOCB_CMD_FDSYNC: u16 = 3;
+    const IOCB_FLAG_RESFD: u32 = 1;
+
+    fn check(what: &str, result: i64) -> i64 {
+        assert!(result >= 0, "{what}: {}", std::io::Error::last_os_error());
+        result
+    }
+
+    fn prepared_file(path: &str) -> File {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("create {path}: {e}"));
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..(SPAN >> 20) {
+            file.write_all(&zeros).expect("zero-fill");
+        }
+        file.sync_all().expect("sync the zero-fill");
+        file
+    }
+
+    fn offset(commit: u64) -> u64 {
+        (commit * BLOCK as u64) % SPAN
+    }
+
+    fn write_block(fd: i32, block: &[u8], at: u64) {
+        let written = unsafe { libc::pwrite(fd, block.as_ptr().cast(), block.len(), at as i64) };
+        assert_eq!(
+            written,
+            block.len() as isize,
+            "pwrite: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    fn fdatasync(fd: i32) {
+        check("fdatasync", unsafe { libc::fdatasync(fd) } as i64);
+    }
+
+    /// An eventfd and an epoll set watching it: the shape of libuv's async wake.
+    struct Wake {
+        eventfd: i32,
+        epoll: i32,
+    }
+
+    impl Wake {
+        fn new() -> Wake {
+            let eventfd = check("eventfd", unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) }
+                as i64) as i32;
+            let epoll = check("epoll_create1", unsafe { libc::epoll_create1(0) } as i64) as i32;
+            let mut interest = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: 0,
+            };
+            check("epoll_ctl", unsafe {
+                libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, eventfd, &mut interest)
+            } as i64);
+            Wake { eventfd, epoll }
+        }
+
+        fn signal(&self) {
+            let one = 1u64;
+            check("eventfd write", unsafe {
+                libc::write(self.eventfd, (&one as *const u64).cast(), 8)
+            } as i64);
+        }
+
+        fn wait(&self) {
+            let mut ready = libc::epoll_event { events: 0, u64: 0 };
+            while unsafe { libc::epoll_wait(self.epoll, &mut ready, 1, -1) } != 1 {}
+            let mut count = 0u64;
+            check("eventfd read", unsafe {
+                libc::read(self.eventfd, (&mut count as *mut u64).cast(), 8)
+            } as i64);
+        }
+    }
+
+    impl Drop for Wake {
+        fn drop(&mut self) {
+            unsafe {
+                libc::close(self.epoll);
+                libc::close(self.eventfd);
+            }
+        }
+    }
+
+    fn inline(file: &File, commits: u64, first: u64) -> f64 {
+        let fd = file.as_raw_fd();
+        let block = vec![7u8; BLOCK];
+        let started = Instant::now();
+        for commit in first..first + commits {
+            write_block(fd, &block, offset(commit));
+            fdatasync(fd);
+        }
+        started.elapsed().as_secs_f64() * 1e6 / commits as f64
+    }
+
+    fn handoff(file: &File, commits: u64, first: u64) -> f64 {
+        let fd = file.as_raw_fd();
+        let done = Arc::new(Wake::new());
+        // The next offset to write, or None when idle; u64::MAX stops the worker.
+        let request = Arc::new((Mutex::new(None::<u64>), Condvar::new()));
+        let worker = {
+            let (done, request) = (done.clone(), request.clone());
+            std::thread::spawn(move || {
+                let block = vec![7u8; BLOCK];
+                loop {
+                    let (slot, ready) = &*request;
+                    let mut next = slot.lock().expect("request lock");
+                    let at = loop {
+                        match next.take() {
+                            Some(at) => break at,
+                            None => next = ready.wait(next).expect("request wait"),
+                        }
+                    };
+                    drop(next);
+                    if at == u64::MAX {
+                        return;
+                    }
+                    write_block(fd, &block, at);
+                    fdatasync(fd);
+                    done.signal();
+                }
+            })
+        };
+        let send = |at: u64| {
+            let (slot, ready) = &*request;
+            *slot.lock().expect("request lock") = Some(at);
+            ready.notify_one();
+        };
+        let started = Instant::now();
+        for commit in first..first + commits {
+            send(offset(commit));
+            done.wait();
+        }
+        let per_commit = started.elapsed().as_secs_f64() * 1e6 / commits as f64;
+        send(u64::MAX);
+        worker.join().expect("worker");
+        per_commit
+    }
+
+    fn aio_fdsync(file: &File, commits: u64, first: u64) -> f64 {
+        let fd = file.as_raw_fd();
+        let done = Wake::new();
+        let mut context: u64 = 0;
+        check("io_setup", unsafe {
+            libc::syscall(libc::SYS_io_setup, 8, &mut context)
+        });
+        let block = vec![7u8; BLOCK];
+        let started = Instant::now();
+        for commit in first..first + commits {
+            write_block(fd, &block, offset(commit));
+            let mut sync = Iocb {
+                opcode: IOCB_CMD_FDSYNC,
+                fd: fd as u32,
+                flags: IOCB_FLAG_RESFD,
+                resfd: done.eventfd as u32,
+                ..Iocb::default()
+            };
+            let mut batch: [*mut Iocb; 1] = [&mut sync];
+            let submitted = check("io_submit", unsafe {
+                libc::syscall(libc::SYS_io_submit, context, 1, batch.as_mut_ptr())
+            });
+            assert_eq!(submitted, 1);
+            done.wait();
+            let mut event = [IoEvent::default()];
+            let timeout: *const libc::timespec = std::ptr::null();
+            let reaped = unsafe {
+                libc::syscall(
+                    libc::SYS_io_getevents,
+                    context,
+                    1,
+                    1,
+                    event.as_mut_ptr(),
+                    timeout,
+                )
+            };
+            assert_eq!(check("io_getevents", reaped), 1);
+            assert_eq!(
+                event[0].res, 0,
+                "the AIO fdatasync failed: {}",
+                event[0].res
+            );
+        }
+        let per_commit = started.elapsed().as_secs_f64() * 1e6 / commits as f64;
+        check("io_destroy", unsafe {
+            libc::syscall(libc::SYS_io_destroy, context)
+        });
+        per_commit
+    }
+
+    pub fn main() {
+        let mut args = std::env::args().skip(1);
+        let dir = args
+            .next()
+            .expect("usage: handoff_floor DIR [COMMITS] [ROUNDS]");
+        let commits: u64 = args
+            .next()
+            .map_or(2000, |s| s.parse().expect("COMMITS: a number"));
+        let rounds: usize = args
+            .next()
+            .map_or(9, |s| s.parse().expect("ROUNDS: a number"));
+        std::fs::create_dir_all(&dir).expect("create DIR");
+        let path = format!("{dir}/handoff_floor.dat");
+        let file = prepared_file(&path);
+        type Way = fn(&File, u64, u64) -> f64;
+        let ways: [(&str, Way); 3] = [
+            ("inline", inline),
+            ("handoff", handoff),
+            ("aio-fdsync", aio_fdsync),
+        ];
+        let mut results = vec![Vec::new(); ways.len()];
+        let mut first = 0;
+        for _ in 0..rounds {
+            for ((_, way), runs) in ways.iter().zip(&mut results) {
+                runs.push(way(&file, commits, first));
+                first += commits;
+            }
+        }
+        let median = |runs: &mut Vec<f64>| {
+            runs.sort_by(f64::total_cmp);
+            runs[runs.len() / 2]
+        };
+        let base = median(&mut results[0]);
+        for ((name, _), runs) in ways.iter().zip(&mut results) {
+            let m = median(runs);
+            println!(
+                "{name:<11} {m:6.1} µs/commit ({:5.0}/s), +{:5.1} µs over inline; runs {:?}",
+                1e6 / m,
+                m - base,
+                runs.iter().map(|x| x.round()).collect::<Vec<_>>()
+            );
+        }
+        drop(file);
+        std::fs::remove_file(&path).expect("remove the data file");
+    }
+}
+
+fn main() {
+    #[cfg(target_os = "linux")]
+    linux::main();
+    #[cfg(not(target_os = "linux"))]
+    eprintln!("handoff_floor measures Linux system calls; it does nothing here");
+}
