@@ -682,39 +682,12 @@ impl Wal {
     /// Commits `records` on this thread if the writer is idle: nothing queued, nothing
     /// committing, not closing. `None` when it is not (the caller queues instead).
     fn commit_inline(&self, records: &[RecordInput]) -> Option<Result<u64>> {
-        {
-            let mut queue = lock(&self.shared.queue);
-            if queue.committing
-                || queue.inline
-                || queue.held
-                || queue.closing
-                || !queue.jobs.is_empty()
-            {
-                return None;
-            }
-            queue.inline = true;
-        }
-        let result = {
-            let mut writer = lock(&self.shared.writer);
-            let result = writer
-                .as_mut()
-                .map(|writer| {
-                    let result = guarded(writer, |w| w.commit(&[records], false));
-                    // Published before returning: the caller may read its record next.
-                    *lock(&self.shared.view) = view_of(writer, &self.shared.options);
-                    result
-                })
-                .unwrap_or_else(|| Err(Error::wal_closed()));
-            drop(writer);
-            result
-        };
-        let mut queue = lock(&self.shared.queue);
-        queue.inline = false;
-        let waiting = !queue.jobs.is_empty() || queue.closing;
-        drop(queue);
-        if waiting {
-            self.shared.wake.notify_one();
-        }
+        let _claim = InlineClaim::take(&self.shared)?;
+        let mut writer = lock(&self.shared.writer);
+        let writer = writer.as_mut()?;
+        let result = guarded(writer, |w| w.commit(&[records], false));
+        // Published before returning: the caller may read its record next.
+        *lock(&self.shared.view) = view_of(writer, &self.shared.options);
         Some(result)
     }
 
@@ -839,6 +812,42 @@ fn view_of(writer: &Writer, options: &WalOptions) -> View {
             state: writer.protection_state(),
             unprotected_records: stats.unprotected_records,
         },
+    }
+}
+
+/// A blocking caller's claim on the writer (`Queue::inline`), released on drop, even by a
+/// panic, so that the commit thread never waits for a claim nobody holds.
+struct InlineClaim<'a> {
+    shared: &'a Shared,
+}
+
+impl<'a> InlineClaim<'a> {
+    /// Claims the writer if it is idle: nothing queued, nothing committing, not held, not
+    /// closing. Decided under the queue's lock, like the commit thread's taking of work.
+    fn take(shared: &'a Shared) -> Option<InlineClaim<'a>> {
+        let mut queue = lock(&shared.queue);
+        let idle = !queue.committing
+            && !queue.inline
+            && !queue.held
+            && !queue.closing
+            && queue.jobs.is_empty();
+        if !idle {
+            return None;
+        }
+        queue.inline = true;
+        Some(InlineClaim { shared })
+    }
+}
+
+impl Drop for InlineClaim<'_> {
+    fn drop(&mut self) {
+        let mut queue = lock(&self.shared.queue);
+        queue.inline = false;
+        let waiting = !queue.jobs.is_empty() || queue.closing;
+        drop(queue);
+        if waiting {
+            self.shared.wake.notify_one();
+        }
     }
 }
 
