@@ -39,6 +39,7 @@ const ORDER = [
   'dw-directio',
   'dw-encrypted',
   'dw-pad-sync',
+  'dw-mirror-sync',
   'js-wal',
   'js-dwb',
   'sqlite-wal-full',

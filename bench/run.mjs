@@ -498,6 +498,12 @@ function targets(summaries) {
       check(`W1 ${config} ≥ 0.9 × two-file cycle`, r, 0.9, r >= 0.9, `${fmt(m1.commitsPerSec)} vs ${fmt(dev2.recordsPerSec)} cycles/s`)
     }
   }
+  // Like for like: the two-file cycle is a blocking loop, as appendSync is.
+  const ms1 = get('dw-mirror-sync/W1/128')
+  if (ms1 && dev2) {
+    const r = ms1.commitsPerSec / dev2.recordsPerSec
+    check('W1 dw-mirror-sync (appendSync, blocking as the device loop) ≥ 0.9 × two-file cycle', r, 0.9, r >= 0.9, `${fmt(ms1.commitsPerSec)} vs ${fmt(dev2.recordsPerSec)} cycles/s`)
+  }
   const p1 = get('dw-buffered-pad/W1/128')
   if (p1 && sq1) {
     const r = p1.commitsPerSec / sq1.commitsPerSec

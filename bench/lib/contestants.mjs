@@ -32,10 +32,12 @@ export const OUR_CONFIGS = {
   // 'pad' through appendSync / appendBatchSync: the commit runs on the JS thread, blocking it
   // as better-sqlite3 does (W1 and W2 only: a blocking call cannot overlap).
   'dw-pad-sync': { dwbMode: 'buffered', tailProtection: 'pad' },
+  // The defaults through appendSync / appendBatchSync.
+  'dw-mirror-sync': { dwbMode: 'buffered', tailProtection: 'mirror' },
 }
 
 /** Our contestants that commit on the JS thread (the `*Sync` twins). */
-const BLOCKING = new Set(['dw-pad-sync'])
+const BLOCKING = new Set(['dw-pad-sync', 'dw-mirror-sync'])
 
 export const PEERS = ['js-wal', 'js-dwb', 'sqlite-wal-full', 'lmdb', 'classic-level-sync']
 
@@ -47,6 +49,7 @@ export const DESCRIPTIONS = {
   'dw-off': "doublewrite, dwbMode 'off' (no DWB; commits padded to a block)",
   'dw-directio': 'doublewrite, directIo: true (O_DIRECT segments and DWB; commits padded)',
   'dw-pad-sync': "doublewrite, tailProtection 'pad' through appendSync / appendBatchSync: blocks the JS thread for each commit, as better-sqlite3 does",
+  'dw-mirror-sync': "doublewrite, the defaults through appendSync / appendBatchSync: blocks the JS thread for each commit",
   'dw-encrypted': "doublewrite, the defaults plus encryption (AES-256-GCM, one key): the cost of encryption next to dw-buffered-mirror",
   'js-wal': 'hand-written JS log: [len][crc32][payload] frames, fs.writeSync to an O_APPEND file + fs.fdatasyncSync',
   'js-dwb': 'hand-written JS double write: the frames at offset 0 of a side file + fdatasyncSync, then appended to the log + fdatasyncSync',
