@@ -60,6 +60,7 @@ test('an open from a worker thread fails with ERR_LOCKED while the main thread h
 interface WalWorkerResult {
   threadId: number
   lastLsn: bigint
+  syncLastLsn: bigint
   commits: bigint
   walDwbBytes: bigint
   dwbBytes: bigint
@@ -85,6 +86,7 @@ test.serial('four workers at once, each with its own WAL directory and DWB: all 
   let written = 0n
   for (const [i, r] of results.entries()) {
     t.is(r.lastLsn, BigInt(records), `worker ${i + 1}: its own WAL, LSNs 1..${records}`)
+    t.is(r.syncLastLsn, BigInt(records + 8), `worker ${i + 1}: its appendSync calls follow`)
     t.true(r.commits >= 1n && r.commits <= BigInt(records))
     t.is(r.recoveredLength, 100 * (i + 1), `worker ${i + 1}: its own DWB`)
     // (A WAL's DWB bytes can be 0: its one group commit may end on a block boundary,
@@ -99,7 +101,7 @@ test.serial('four workers at once, each with its own WAL directory and DWB: all 
   for (const [i, r] of results.entries()) {
     const wal = await Wal.open(path.join(dir, `wal-${i + 1}`), { segmentSize: 1 << 20, prepareSegments: false })
     const payloads = [...wal.replaySync()].map((record) => record.payload)
-    t.is(payloads.length, records)
+    t.is(payloads.length, records + 8)
     t.true(payloads.every((p) => p.length === 100 * (i + 1) && p.every((b) => b === (r.threadId & 0xff))))
     await wal.close()
   }
