@@ -76,94 +76,94 @@ for (const [label, options] of [
   ['separate commits', { rounds: 12, perRound: 1 }],
   ['group commits of 40 concurrent appends', { rounds: 5, perRound: 40 }],
 ] as const) {
-    test(`an acknowledged record torn on disk (${label}) is repaired from the DWB on reopen: repairedFromDwb === 1, every record replayed intact`, async (t) => {
-      const dir = tempDir(t, 'tear')
-      const wal = await Wal.open(dir, { segmentSize: 1 << 20 })
-      let lsn = 0n
-      for (let round = 0; round < options.rounds; round++) {
-        const batch = Array.from({ length: options.perRound }, () => (lsn += 1n))
-        const acknowledged = await Promise.all(batch.map((l) => wal.append(RecordType.Put, payloadFor(l))))
-        t.deepEqual(acknowledged, batch)
+  test(`an acknowledged record torn on disk (${label}) is repaired from the DWB on reopen: repairedFromDwb === 1, every record replayed intact`, async (t) => {
+    const dir = tempDir(t, 'tear')
+    const wal = await Wal.open(dir, { segmentSize: 1 << 20 })
+    let lsn = 0n
+    for (let round = 0; round < options.rounds; round++) {
+      const batch = Array.from({ length: options.perRound }, () => (lsn += 1n))
+      const acknowledged = await Promise.all(batch.map((l) => wal.append(RecordType.Put, payloadFor(l))))
+      t.deepEqual(acknowledged, batch)
+    }
+    t.is(wal.stats.unprotectedRecords, 0n)
+    await wal.close()
+
+    const tear = tearLastCommitBoundary(dir)
+    t.log(`tore LSN ${tear.victim.lsn}: bytes ${tear.start}..${tear.end} of ${path.basename(tear.file)} (record at ${tear.victim.offset}, ${tear.victim.length} bytes)`)
+
+    const reopened = await Wal.open(dir, { segmentSize: 1 << 20 })
+    t.teardown(() => reopened.close())
+    t.is(reopened.recovery.repairedFromDwb, 1)
+    t.is(reopened.recovery.records, Number(lsn))
+    t.is(reopened.recovery.lastLsn, lsn)
+    t.deepEqual(await replayChecked(t, reopened), range(1n, lsn))
+    // The repair was written back: appending continues right after, and a second reopen
+    // finds nothing left to repair.
+    t.is(await reopened.append(RecordType.Put, payloadFor(lsn + 1n)), lsn + 1n)
+    await reopened.close()
+    const again = await Wal.open(dir, { segmentSize: 1 << 20 })
+    t.is(again.recovery.repairedFromDwb, 0)
+    t.deepEqual(await replayChecked(t, again), range(1n, lsn + 1n))
+    t.is(again.stats.unprotectedRecords, 0n)
+    await again.close()
+  })
+}
+
+// ─── the real-process kill test ────────────────────────────────────────────────────────
+
+const KILL_ROUNDS = Number(process.env.DOUBLEWRITE_KILL_ROUNDS ?? 50)
+const CONCURRENCY = 64
+
+interface RoundResult {
+  acknowledged: bigint[]
+  signal: NodeJS.Signals | null
+  code: number | null
+  stderr: string
+  sawReady: boolean
+}
+
+/**
+ * Runs the appender child and SIGKILLs it at a random moment: usually 0–250 ms after it
+ * reported ready (while appending), sometimes 0–120 ms after spawning (possibly during
+ * its own open and recovery).
+ */
+function runAndKill(dir: string, options: WalOptions, early: boolean, mode: 'async' | 'sync'): Promise<RoundResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(fixtures, 'crash-child.mjs'), dir, String(CONCURRENCY), JSON.stringify(options), mode], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    let stderr = ''
+    let sawReady = false
+    const kill = () => child.kill('SIGKILL')
+    if (early) setTimeout(kill, Math.random() * 120)
+    child.stdout.setEncoding('utf8')
+    child.stderr.setEncoding('utf8')
+    child.stdout.on('data', (chunk: string) => {
+      stdout += chunk
+      if (!sawReady && stdout.includes('\n')) {
+        sawReady = true
+        if (!early) setTimeout(kill, Math.random() * 250)
       }
-      t.is(wal.stats.unprotectedRecords, 0n)
-      await wal.close()
-
-      const tear = tearLastCommitBoundary(dir)
-      t.log(`tore LSN ${tear.victim.lsn}: bytes ${tear.start}..${tear.end} of ${path.basename(tear.file)} (record at ${tear.victim.offset}, ${tear.victim.length} bytes)`)
-
-      const reopened = await Wal.open(dir, { segmentSize: 1 << 20 })
-      t.teardown(() => reopened.close())
-      t.is(reopened.recovery.repairedFromDwb, 1)
-      t.is(reopened.recovery.records, Number(lsn))
-      t.is(reopened.recovery.lastLsn, lsn)
-      t.deepEqual(await replayChecked(t, reopened), range(1n, lsn))
-      // The repair was written back: appending continues right after, and a second reopen
-      // finds nothing left to repair.
-      t.is(await reopened.append(RecordType.Put, payloadFor(lsn + 1n)), lsn + 1n)
-      await reopened.close()
-      const again = await Wal.open(dir, { segmentSize: 1 << 20 })
-      t.is(again.recovery.repairedFromDwb, 0)
-      t.deepEqual(await replayChecked(t, again), range(1n, lsn + 1n))
-      t.is(again.stats.unprotectedRecords, 0n)
-      await again.close()
     })
-  }
-
-  // ─── the real-process kill test ────────────────────────────────────────────────────────
-
-  const KILL_ROUNDS = Number(process.env.DOUBLEWRITE_KILL_ROUNDS ?? 50)
-  const CONCURRENCY = 64
-
-  interface RoundResult {
-    acknowledged: bigint[]
-    signal: NodeJS.Signals | null
-    code: number | null
-    stderr: string
-    sawReady: boolean
-  }
-
-  /**
-   * Runs the appender child and SIGKILLs it at a random moment: usually 0–250 ms after it
-   * reported ready (while appending), sometimes 0–120 ms after spawning (possibly during
-   * its own open and recovery).
-   */
-  function runAndKill(dir: string, options: WalOptions, early: boolean, mode: 'async' | 'sync'): Promise<RoundResult> {
-    return new Promise((resolve, reject) => {
-      const child = spawn(process.execPath, [path.join(fixtures, 'crash-child.mjs'), dir, String(CONCURRENCY), JSON.stringify(options), mode], {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      })
-      let stdout = ''
-      let stderr = ''
-      let sawReady = false
-      const kill = () => child.kill('SIGKILL')
-      if (early) setTimeout(kill, Math.random() * 120)
-      child.stdout.setEncoding('utf8')
-      child.stderr.setEncoding('utf8')
-      child.stdout.on('data', (chunk: string) => {
-        stdout += chunk
-        if (!sawReady && stdout.includes('\n')) {
-          sawReady = true
-          if (!early) setTimeout(kill, Math.random() * 250)
-        }
-      })
-      child.stderr.on('data', (chunk: string) => (stderr += chunk))
-      child.once('error', reject)
-      child.once('close', (code, signal) => {
-        const lines = stdout.split('\n')
-        lines.pop() // an incomplete last line (none expected: each line is one pipe write)
-        const acknowledged = lines.filter((line) => !line.startsWith('ready')).map((line) => BigInt(line))
-        resolve({ acknowledged, signal, code, stderr, sawReady })
-      })
+    child.stderr.on('data', (chunk: string) => (stderr += chunk))
+    child.once('error', reject)
+    child.once('close', (code, signal) => {
+      const lines = stdout.split('\n')
+      lines.pop() // an incomplete last line (none expected: each line is one pipe write)
+      const acknowledged = lines.filter((line) => !line.startsWith('ready')).map((line) => BigInt(line))
+      resolve({ acknowledged, signal, code, stderr, sawReady })
     })
-  }
+  })
+}
 
-  // `async`: 64 awaited appends in flight (group commits on the commit thread). `sync`:
-  // appendSync, committed on the child's JS thread when idle and queued behind an async
-  // append every fourth time.
-  for (const [mode, rounds] of [
-    ['async', KILL_ROUNDS],
-    ['sync', Math.ceil(KILL_ROUNDS / 2)],
-  ] as const) {
+// `async`: 64 awaited appends in flight (group commits on the commit thread). `sync`:
+// appendSync, committed on the child's JS thread when idle and queued behind an async
+// append every fourth time.
+for (const [mode, rounds] of [
+  ['async', KILL_ROUNDS],
+  ['sync', Math.ceil(KILL_ROUNDS / 2)],
+] as const) {
   test.serial(`SIGKILL at a random moment (${mode} appends), ${rounds} rounds: every LSN a child printed as acknowledged is replayed intact, and the WAL always reopens`, async (t) => {
     t.timeout(180_000)
     const dir = tempDir(t, `kill-${mode}`)

@@ -127,7 +127,7 @@ test('appendSync and appendBatchSync are durable on return and keep call order w
   )
 })
 
-test('appendSync after an awaited append (it commits on the JS thread) and with appends in flight (it queues) keeps call order', async (t) => {
+test('appendSync alternating between an idle writer (after an awaited append) and one with an append in flight keeps call order', async (t) => {
   const wal = await openWal(t, tempDir(t, 'wal'))
   const expected: string[] = []
   let last = 0n

@@ -105,10 +105,11 @@ function ours(id, options, packageDir) {
       wal = await Wal.open(path.join(dir, 'wal'), options)
       await spareSettled(path.join(dir, 'wal'))
     },
-    commitOne: blocking ? (payload) => wal.appendSync(Put, payload) : (payload) => wal.append(Put, payload),
-    commitBatch: blocking
-      ? (payloads) => wal.appendBatchSync(payloads.map((payload) => ({ recordType: Put, payload })))
-      : (payloads) => wal.appendBatch(payloads.map((payload) => ({ recordType: Put, payload }))),
+    commitOne: (payload) => (blocking ? wal.appendSync(Put, payload) : wal.append(Put, payload)),
+    commitBatch: (payloads) => {
+      const records = payloads.map((payload) => ({ recordType: Put, payload }))
+      return blocking ? wal.appendBatchSync(records) : wal.appendBatch(records)
+    },
     ...(blocking ? {} : { append: (payload) => wal.append(Put, payload) }),
     stats() {
       const s = wal.stats

@@ -228,6 +228,21 @@ fn a_blocking_append_behind_queued_work_waits_its_turn() {
     );
 }
 
+/// An append's LSN: returned by a blocking call, or to come from a queued one's callback.
+enum Ack {
+    Now(u64),
+    Later(mpsc::Receiver<doublewrite::Result<u64>>),
+}
+
+impl Ack {
+    fn lsn(self) -> u64 {
+        match self {
+            Ack::Now(lsn) => lsn,
+            Ack::Later(receive) => receive.recv().unwrap().unwrap(),
+        }
+    }
+}
+
 /// Threads mixing queued appends and blocking ones, so that commits alternate between the
 /// commit thread and the callers' threads: every LSN distinct, each thread's in the order
 /// of its calls, and the log holds exactly what was acknowledged.
@@ -249,23 +264,21 @@ fn inline_and_queued_commits_interleave_in_call_order() {
                         "x".repeat((i * 37 % 300) as usize)
                     )
                     .into_bytes();
-                    if (i + t) % 3 == 0 {
+                    let ack = if (i + t) % 3 == 0 {
                         let (send, receive) = mpsc::channel();
                         wal.submit_append(
                             vec![put(body.clone())],
                             Box::new(move |r| send.send(r).unwrap()),
                         );
-                        acked.push((receive, body));
+                        Ack::Later(receive)
                     } else {
-                        let lsn = wal.append(put(body.clone())).unwrap();
-                        let (send, receive) = mpsc::channel();
-                        send.send(Ok(lsn)).unwrap();
-                        acked.push((receive, body));
-                    }
+                        Ack::Now(wal.append(put(body.clone())).unwrap())
+                    };
+                    acked.push((ack, body));
                 }
                 acked
                     .into_iter()
-                    .map(|(receive, body)| (receive.recv().unwrap().unwrap(), body))
+                    .map(|(ack, body)| (ack.lsn(), body))
                     .collect::<Vec<_>>()
             })
         })

@@ -23,8 +23,8 @@ type SyncJob = (Arc<dyn VfsFile>, mpsc::Sender<io::Result<()>>);
 /// A thread that runs one fdatasync at a time for the thread that owns it, so that two
 /// files' syncs overlap (see [`Vfs::sync_data_pair`]). Each thread that asks gets its own
 /// (a WAL's commit thread, and a thread whose blocking append committed inline under
-/// `'mirror'`), started on first use; it ends when that thread does. Every job carries its own reply channel, so an outcome can never be
-/// matched with the wrong job.
+/// `'mirror'`), started on first use; it ends when that thread does. Every job carries
+/// its own reply channel, so an outcome can never be matched with the wrong job.
 struct SyncHelper {
     jobs: mpsc::Sender<SyncJob>,
 }

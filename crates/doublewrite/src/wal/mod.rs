@@ -328,6 +328,15 @@ struct Shared {
     completion_hook: Mutex<Option<CompletionHook>>,
 }
 
+impl Shared {
+    /// Publishes the writer's state to readers. Called after every unit of work, before
+    /// anyone is told its outcome: a caller that reads the log right after its append
+    /// returns must see its own record.
+    fn publish(&self, writer: &Writer) {
+        *lock(&self.view) = view_of(writer, &self.options);
+    }
+}
+
 /// See [`Wal::set_completion_hook`].
 pub type CompletionHook = Arc<dyn Fn() + Send + Sync>;
 
@@ -670,12 +679,13 @@ impl Wal {
             return result;
         }
         let (send, receive) = mpsc::channel();
-        self.submit_append(
+        // Checked above: queued as is.
+        self.enqueue(Job::Append {
             records,
-            Box::new(move |result| {
+            done: Box::new(move |result| {
                 let _ = send.send(result);
             }),
-        );
+        });
         receive.recv().unwrap_or(Err(Error::Closed { what: "WAL" }))
     }
 
@@ -686,8 +696,7 @@ impl Wal {
         let mut writer = lock(&self.shared.writer);
         let writer = writer.as_mut()?;
         let result = guarded(writer, |w| w.commit(&[records], false));
-        // Published before returning: the caller may read its record next.
-        *lock(&self.shared.view) = view_of(writer, &self.shared.options);
+        self.shared.publish(writer);
         Some(result)
     }
 
@@ -888,9 +897,7 @@ fn commit_loop(shared: Arc<Shared>) {
                 .as_mut()
                 .expect("the writer lives until the commit thread ends");
             let completions = run_jobs(writer, jobs);
-            // Publish the new state before telling anyone: a caller that reads the log
-            // right after its append returns must see its own record.
-            *lock(&shared.view) = view_of(writer, &shared.options);
+            shared.publish(writer);
             completions
         };
         for complete in completions {
