@@ -8,6 +8,7 @@
 //! `recovery.rs` for the recovery decision table.
 
 mod payload;
+mod poll;
 pub mod recovery;
 mod replay;
 pub mod segment;
@@ -29,6 +30,7 @@ use crate::io::{FileKind, OpenOptions, StdVfs, Vfs};
 use crate::record::{check_record_type, RecordError, RecordType, MAX_PAYLOAD_BYTES};
 
 pub use payload::{pooled_copy, Payload, SharedBytes};
+use poll::Poller;
 pub use replay::Replay;
 pub use segment::SegmentFile;
 use writer::Writer;
@@ -863,10 +865,17 @@ impl Drop for InlineClaim<'_> {
 /// Takes the next unit of work: consecutive appends up to the commit size limit, or one
 /// other job. `None` once closing and drained. Called by the commit thread when its
 /// previous unit is finished; waits while a blocking caller commits inline.
-fn next_jobs(shared: &Shared) -> Option<Vec<Job>> {
+fn next_jobs(shared: &Shared, poller: &mut Poller) -> Option<Vec<Job>> {
+    let waiting =
+        |queue: &Queue| queue.inline || ((queue.jobs.is_empty() || queue.held) && !queue.closing);
     let mut queue = lock(&shared.queue);
     queue.committing = false;
-    while queue.inline || ((queue.jobs.is_empty() || queue.held) && !queue.closing) {
+    if waiting(&queue) {
+        drop(queue);
+        poller.poll(|| !waiting(&lock(&shared.queue)));
+        queue = lock(&shared.queue);
+    }
+    while waiting(&queue) {
         queue = shared
             .wake
             .wait(queue)
@@ -890,7 +899,8 @@ fn next_jobs(shared: &Shared) -> Option<Vec<Job>> {
 }
 
 fn commit_loop(shared: Arc<Shared>) {
-    while let Some(jobs) = next_jobs(&shared) {
+    let mut poller = Poller::new();
+    while let Some(jobs) = next_jobs(&shared, &mut poller) {
         let completions = {
             let mut writer = lock(&shared.writer);
             let writer = writer
