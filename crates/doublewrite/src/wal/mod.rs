@@ -870,7 +870,7 @@ fn next_jobs(shared: &Shared, poller: &mut Poller) -> Option<Vec<Job>> {
         |queue: &Queue| queue.inline || ((queue.jobs.is_empty() || queue.held) && !queue.closing);
     let mut queue = lock(&shared.queue);
     queue.committing = false;
-    if waiting(&queue) {
+    if waiting(&queue) && poller.may_poll() {
         drop(queue);
         poller.poll(|| !waiting(&lock(&shared.queue)));
         queue = lock(&shared.queue);

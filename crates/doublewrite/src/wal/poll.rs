@@ -7,11 +7,13 @@
 //! commit, and on a virtual machine whose idle vCPUs halt the wake-up is the dear part (an
 //! inter-processor interrupt and a halted vCPU brought back: tens of µs; see
 //! docs/PERFORMANCE.md §2). So the thread first polls, yielding the CPU between polls, for
-//! up to [`Poller::limit`]. Two guards keep the poll from taking a CPU someone else needs:
-//! - a yield that took longer than [`Poller::slow_yield`] means another thread ran on this
-//!   CPU meanwhile: the poll stops at once (RocksDB's write thread uses the same sign);
+//! up to [`LIMIT`]. Two guards keep the poll from taking a CPU someone else needs:
+//! - a yield that took longer than [`SLOW_YIELD`] means another thread ran on this CPU
+//!   meanwhile: the poll stops at once (RocksDB's write thread reads the same sign, and
+//!   gives up after a few such yields);
 //! - a credit that falls with each poll that found nothing: while work arrives too rarely
-//!   for polling to pay, the thread sleeps at once, and tries a poll again now and then.
+//!   for polling to pay, the thread sleeps at once ([`Poller::may_poll`] says no), and
+//!   tries a poll again now and then.
 
 use std::time::{Duration, Instant};
 
@@ -43,13 +45,19 @@ impl Poller {
         }
     }
 
-    /// Polls `ready` (yielding the CPU before each call) until it returns true or the poll
-    /// gives up; returns whether it returned true. `false` means: sleep until woken.
-    pub(super) fn poll(&mut self, mut ready: impl FnMut() -> bool) -> bool {
+    /// Whether this wait should poll at all; a `false` (out of credit) earns one back, so a
+    /// poll is tried again after a few waits.
+    pub(super) fn may_poll(&mut self) -> bool {
         if self.credit < 0 {
             self.credit += 1;
             return false;
         }
+        true
+    }
+
+    /// Polls `ready` (yielding the CPU before each call) until it returns true or the poll
+    /// gives up; returns whether it returned true. `false` means: sleep until woken.
+    pub(super) fn poll(&mut self, mut ready: impl FnMut() -> bool) -> bool {
         let start = Instant::now();
         let mut before = start;
         loop {
@@ -106,13 +114,15 @@ mod tests {
     #[test]
     fn after_misses_the_thread_sleeps_at_once_then_tries_again() {
         let mut poller = patient();
+        assert!(poller.may_poll());
         assert!(!poller.poll(|| false));
-        // Below zero: no poll at all (ready is never asked) for MISS_COST waits.
+        // Below zero: no poll for MISS_COST waits.
         for _ in 0..MISS_COST {
-            assert!(!poller.poll(|| panic!("polled while out of credit")));
+            assert!(!poller.may_poll(), "polled while out of credit");
         }
         assert_eq!(poller.credit, 0);
         // Then a poll again, which finds work.
+        assert!(poller.may_poll());
         assert!(poller.poll(|| true));
     }
 
@@ -128,7 +138,7 @@ mod tests {
             assert!(!poller.poll(|| false));
         }
         assert!(
-            poller.credit < 0,
+            !poller.may_poll(),
             "a few misses after a long run of hits stop the polling"
         );
     }
