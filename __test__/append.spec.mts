@@ -264,3 +264,37 @@ test('append returns a promise for every input: bad input and a closed WAL rejec
   await t.throwsAsync(wal.append(RecordType.Put, bytesOf('later')), coded(Error, 'ERR_WAL_CLOSED'))
   await t.throwsAsync(wal.appendBatch([]), coded(Error, 'ERR_WAL_CLOSED'))
 })
+
+test('busyPoll: awaited, concurrent and batched appends resolve with their LSNs and replay as written, while timers still run', async (t) => {
+  for (const tailProtection of ['mirror', 'pad'] as const) {
+    const wal = await openWal(t, { ...SMALL, busyPoll: true, tailProtection })
+    let timerFiredAfter = -1
+    let done = 0
+    setTimeout(() => {
+      timerFiredAfter = done
+    }, 1)
+    const expected: Uint8Array[] = []
+    for (let i = 0; i < 300; i++) {
+      const payload = pattern(100 + (i % 50), i)
+      expected.push(payload)
+      t.is(await wal.append(RecordType.Put, payload), BigInt(i + 1))
+      done += 1
+    }
+    // The busy poll keeps the loop turning, never blocked: the timer fired mid-run.
+    t.true(timerFiredAfter >= 0 && timerFiredAfter < 300, `the 1 ms timer fired after ${timerFiredAfter} of 300 appends`)
+    const concurrent = Array.from({ length: 64 }, (_, i) => pattern(4096, 1000 + i))
+    const lsns = await Promise.all(concurrent.map((payload) => wal.append(RecordType.Put, payload)))
+    t.deepEqual(lsns, Array.from({ length: 64 }, (_, i) => BigInt(301 + i)))
+    expected.push(...concurrent)
+    const batch = [pattern(7, 2000), pattern(70_000, 2001)]
+    t.deepEqual(await wal.appendBatch(batch.map((payload) => ({ recordType: RecordType.Put, payload }))), [365n, 366n])
+    expected.push(...batch)
+    const records = await replayAll(wal)
+    t.deepEqual(
+      records.map((record) => Buffer.from(record.payload)),
+      expected.map((payload) => Buffer.from(payload)),
+      tailProtection,
+    )
+    await wal.close()
+  }
+})

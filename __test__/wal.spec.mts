@@ -420,6 +420,26 @@ test('a process with appends in flight stays alive until they are durable, then 
   t.is(wal.recovery.lastLsn, 1n)
 })
 
+test('busyPoll: the event loop stops turning once nothing is in flight, so an idle process uses no CPU and exits on its own', async (t) => {
+  const dir = tempDir(t, 'wal')
+  const child = await execFileAsync(process.execPath, [path.join(fixtures, 'busy-poll-child.mjs'), dir], { timeout: 30_000 })
+  const report = JSON.parse(child.stdout) as { lastLsn: string; idleCpuMs: number }
+  t.is(report.lastLsn, '84')
+  // A loop still turning would use most of the 300 ms; an idle one uses next to nothing.
+  t.true(report.idleCpuMs < 100, `the idle process used ${report.idleCpuMs} ms of CPU in 300 ms`)
+  const wal = await openWal(t, dir)
+  t.is(wal.recovery.lastLsn, 84n)
+})
+
+test('busyPoll must be a boolean', async (t) => {
+  const dir = tempDir(t, 'wal')
+  for (const value of [1, 'yes', null, {}]) {
+    await t.throwsAsync(Wal.open(dir, { busyPoll: value as unknown as boolean }), coded(TypeError, 'ERR_INVALID_ARG_TYPE'))
+    t.throws(() => Wal.openSync(dir, { busyPoll: value as unknown as boolean }), coded(TypeError, 'ERR_INVALID_ARG_TYPE'))
+  }
+  t.deepEqual(readdirSync(dir), [], 'a refused option creates nothing')
+})
+
 directTest(`direct I/O segments: many commits replay completely and reopen resumes${directNote}`, async (t) => {
   const dir = tempDir(t, 'wal')
   const wal = await Wal.open(dir, { ...SMALL, directIo: true })

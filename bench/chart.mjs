@@ -40,6 +40,8 @@ const ORDER = [
   'dw-encrypted',
   'dw-pad-sync',
   'dw-mirror-sync',
+  'dw-pad-busy',
+  'dw-mirror-busy',
   'js-wal',
   'js-dwb',
   'sqlite-wal-full',

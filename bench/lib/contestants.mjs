@@ -34,6 +34,10 @@ export const OUR_CONFIGS = {
   'dw-pad-sync': { dwbMode: 'buffered', tailProtection: 'pad' },
   // The defaults through appendSync / appendBatchSync.
   'dw-mirror-sync': { dwbMode: 'buffered', tailProtection: 'mirror' },
+  // Awaited appends with `busyPoll`: the event loop keeps turning while a commit is in
+  // flight (the JS thread's CPU for the wake-up it saves).
+  'dw-pad-busy': { dwbMode: 'buffered', tailProtection: 'pad', busyPoll: true },
+  'dw-mirror-busy': { dwbMode: 'buffered', tailProtection: 'mirror', busyPoll: true },
 }
 
 /** Our contestants that commit on the JS thread (the `*Sync` twins). */
@@ -50,6 +54,8 @@ export const DESCRIPTIONS = {
   'dw-directio': 'doublewrite, directIo: true (O_DIRECT segments and DWB; commits padded)',
   'dw-pad-sync': "doublewrite, tailProtection 'pad' through appendSync / appendBatchSync: blocks the JS thread for each commit, as better-sqlite3 does",
   'dw-mirror-sync': "doublewrite, the defaults through appendSync / appendBatchSync: blocks the JS thread for each commit",
+  'dw-pad-busy': "doublewrite, tailProtection 'pad', busyPoll: true (awaited; the event loop turns instead of sleeping while a commit is in flight)",
+  'dw-mirror-busy': 'doublewrite, the defaults plus busyPoll: true (awaited; the event loop turns instead of sleeping while a commit is in flight)',
   'dw-encrypted': "doublewrite, the defaults plus encryption (AES-256-GCM, one key): the cost of encryption next to dw-buffered-mirror",
   'js-wal': 'hand-written JS log: [len][crc32][payload] frames, fs.writeSync to an O_APPEND file + fs.fdatasyncSync',
   'js-dwb': 'hand-written JS double write: the frames at offset 0 of a side file + fdatasyncSync, then appended to the log + fdatasyncSync',
