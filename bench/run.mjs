@@ -529,7 +529,7 @@ function targets(summaries) {
     const r = s1.commitsPerSec / sq1.commitsPerSec
     check('W1 dw-pad-sync (appendSync, blocking as better-sqlite3) ≥ better-sqlite3', r, 1, r >= 1, `${fmt(s1.commitsPerSec)} vs ${fmt(sq1.commitsPerSec)} commits/s`)
   }
-  for (const config of ['dw-buffered-mirror', 'dw-direct-mirror', 'dw-buffered-pad']) {
+  for (const config of ['dw-buffered-mirror', 'dw-direct-mirror', 'dw-buffered-pad', 'dw-mirror-busy', 'dw-pad-busy']) {
     const w2 = get(`${config}/W2/128`)
     for (const peer of ['js-wal', 'sqlite-wal-full']) {
       const p = get(`${peer}/W2/128`)
