@@ -174,7 +174,9 @@ for (const [mode, rounds] of [
     let killedDuringAppends = 0
     const started = Date.now()
     for (let round = 0; round < rounds; round++) {
-      const result = await runAndKill(dir, options, round % 5 === 4, mode)
+      // Every other async round the child busy-polls: its kills also land on a spinning loop.
+      const childOptions: WalOptions = mode === 'async' && round % 2 === 1 ? { ...options, busyPoll: true } : options
+      const result = await runAndKill(dir, childOptions, round % 5 === 4, mode)
       if (result.signal !== 'SIGKILL') {
         t.fail(`round ${round}: the child was not killed but exited with ${result.code}: ${result.stderr}`)
         return
