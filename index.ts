@@ -750,9 +750,9 @@ export interface WalOptions {
   prepareSegments?: boolean
   /**
    * While an append of this WAL awaits its commit, keep the event loop turning
-   * (`setImmediate`) instead of letting it sleep, for at most 1 ms without an outcome, so the
-   * commit's completion is picked up at once rather than after the thread wakes (about 30 µs
-   * per awaited commit on a VM whose idle vCPUs halt). It trades CPU for latency: the JS
+   * (`setImmediate`) instead of letting it sleep, for at most 1 ms without an append or an
+   * outcome, so the commit's completion is picked up at once rather than after the thread
+   * wakes (25–55 µs per awaited commit on a VM whose idle vCPUs halt). It trades CPU for latency: the JS
    * thread stays busy while commits are in flight (a whole core for one writer awaiting
    * each append), though never blocked. Worth it on a server with a core to spare; not on
    * a laptop or in an Electron app. Default `false`.
@@ -1113,7 +1113,7 @@ class Staging {
 
 /** Outcomes settled per macrotask (see `Inflight.#outcomes`). */
 const SETTLE_CHUNK = 64
-/** Under `busyPoll`, the event loop stops turning after this long without an outcome. */
+/** Under `busyPoll`, the event loop stops turning after this long without an append or an outcome. */
 const BUSY_POLL_MS = 1
 
 /** One `takeCompletions` answer and how far it has been settled. */
@@ -1135,8 +1135,9 @@ type Reject = (error: unknown) => void
  * free list reuses them). The native side reports each ticket once, in batches taken when
  * its threadsafe function calls {@link complete}; that function does not keep the event
  * loop alive, so this does (a ref'd timer) exactly while a ticket is outstanding. Under
- * `busyPoll` it also keeps the loop from sleeping while a ticket is outstanding and an
- * outcome came less than {@link BUSY_POLL_MS} ago (a chain of `setImmediate` callbacks).
+ * `busyPoll` it also keeps the loop from sleeping while a ticket is outstanding and the
+ * last append or outcome came less than {@link BUSY_POLL_MS} ago (a chain of
+ * `setImmediate` callbacks).
  */
 class Inflight {
   readonly #resolvers: Array<Resolve | undefined> = []
@@ -1151,7 +1152,7 @@ class Inflight {
   readonly #busyPoll: boolean
   /** Whether a `setImmediate` of {@link #spin} is pending. */
   #spinning = false
-  /** `performance.now()` when the spin started or last saw an outcome. */
+  /** `performance.now()` of the last append or outcome while busy-polling. */
   #progressAt = 0
 
   constructor(busyPoll = false) {
@@ -1181,10 +1182,14 @@ class Inflight {
     const promise = new Promise<bigint>(this.#executor)
     if (this.#size === 0) this.#keepAlive.ref()
     this.#size += 1
-    if (this.#busyPoll && !this.#spinning) {
-      this.#spinning = true
+    if (this.#busyPoll) {
+      // A new append is progress too: JS work longer than the limit between two appends
+      // must not end the spin just as the next commit starts.
       this.#progressAt = performance.now()
-      setImmediate(this.#spin)
+      if (!this.#spinning) {
+        this.#spinning = true
+        setImmediate(this.#spin)
+      }
     }
     return promise
   }

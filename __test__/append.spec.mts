@@ -298,3 +298,30 @@ test('busyPoll: awaited, concurrent and batched appends resolve with their LSNs 
     await wal.close()
   }
 })
+
+/** Pending `setImmediate` callbacks of this process. */
+function pendingImmediates(): number {
+  return process.getActiveResourcesInfo().filter((resource) => resource === 'Immediate').length
+}
+
+/** Resolves after the event loop's check phase has run `turns` times. */
+async function loopTurns(turns: number): Promise<void> {
+  for (let i = 0; i < turns; i++) await new Promise((resolve) => setImmediate(resolve))
+}
+
+// Serial: no other test's immediates run at the same time.
+test.serial('busyPoll keeps a setImmediate pending exactly while an append is in flight, and without it none is', async (t) => {
+  for (const busyPoll of [false, true]) {
+    const wal = await openWal(t, { ...SMALL, busyPoll })
+    const before = pendingImmediates()
+    for (let i = 0; i < 20; i++) {
+      const pending = wal.append(RecordType.Put, pattern(64, i))
+      t.is(pendingImmediates(), before + (busyPoll ? 1 : 0), `busyPoll ${busyPoll}: while append ${i} is in flight`)
+      await pending
+    }
+    // The chain ends on its next turn once nothing is in flight, well within its 1 ms limit.
+    await loopTurns(2)
+    t.is(pendingImmediates(), before, `busyPoll ${busyPoll}: nothing pending once every append resolved`)
+    await wal.close()
+  }
+})
