@@ -310,5 +310,30 @@ test('bench: one writer and N appenders, as a table and as JSON', (t) => {
     t.true(r.commits <= r.appends)
   }
   const text = cli('bench', '--seconds', '0.05', '--appenders', '2')
-  t.regex(text.stdout, /scenario\s+appends\/s\s+commits\/s\s+records\/commit\s+p50 ms\s+p99 ms/)
+  t.regex(text.stdout, /scenario\s+appends\/s\s+commits\/s\s+records\/commit\s+p50 ms\s+p99 ms\s+DWB B\/record\s+CPU µs\/append/)
+})
+
+test('bench --tail-protection pad --busy-poll: the WALs are opened so (no DWB bytes under pad), and the settings are reported; a bad value is a usage error', (t) => {
+  const run = cli('bench', '--seconds', '0.1', '--appenders', '4', '--tail-protection', 'pad', '--busy-poll', '--json')
+  t.is(run.status, EXIT.ok, run.stderr)
+  const bench = JSON.parse(run.stdout) as {
+    tailProtection: string
+    busyPoll: boolean
+    results: { appends: number; walSyncs: number; dwbSyncs: number; dwbBytesPerRecord: number; cpuUsPerAppend: number }[]
+  }
+  t.is(bench.tailProtection, 'pad')
+  t.true(bench.busyPoll)
+  for (const r of bench.results) {
+    t.true(r.appends > 0 && r.walSyncs > 0, JSON.stringify(r))
+    t.is(r.dwbBytesPerRecord, 0, "'pad' writes no DWB copies")
+    t.is(r.dwbSyncs, 0)
+    t.true(r.cpuUsPerAppend > 0)
+  }
+  const mirror = JSON.parse(cli('bench', '--seconds', '0.1', '--appenders', '2', '--json').stdout) as typeof bench
+  t.is(mirror.tailProtection, 'mirror')
+  t.false(mirror.busyPoll)
+  t.true(mirror.results.every((r) => r.dwbBytesPerRecord > 0), "'mirror' copies the tail into the DWB")
+  const bad = cli('bench', '--tail-protection', 'zero')
+  t.is(bad.status, EXIT.usage)
+  t.regex(bad.stderr, /--tail-protection must be mirror or pad/)
 })

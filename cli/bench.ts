@@ -15,7 +15,7 @@ import { mkdtempSync, rmSync, statfsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 
-import { type DwbMode, RecordType, Wal } from '../index.js'
+import { type DwbMode, RecordType, type TailProtection, Wal } from '../index.js'
 
 import { EXIT, type Io, fixed, int, json, print, table } from './output.js'
 
@@ -28,6 +28,9 @@ export interface BenchOptions {
   /** Payload bytes of every record. */
   payloadBytes: number
   dwbMode: DwbMode
+  tailProtection: TailProtection
+  /** The WAL's `busyPoll`: the event loop turns instead of sleeping while a commit is in flight. */
+  busyPoll: boolean
   /** Where the WALs are created (default: the OS temp directory). */
   dir: string | undefined
 }
@@ -48,6 +51,8 @@ export interface ScenarioResult {
   dwbSyncs: number
   /** DWB bytes written per record appended. */
   dwbBytesPerRecord: number
+  /** CPU time of the whole process (every thread, user + system) per append, in µs. */
+  cpuUsPerAppend: number
 }
 
 /** `statfs` magic numbers of the file systems worth naming (see statfs(2)). */
@@ -71,6 +76,7 @@ export async function benchCommand(options: BenchOptions, io: Io): Promise<numbe
   const root = mkdtempSync(path.join(parent, 'doublewrite-bench-'))
   const header =
     `doublewrite bench: ${options.seconds} s per scenario, ${int(options.payloadBytes)}-byte payloads, DWB ${options.dwbMode}, ` +
+    `tail protection ${options.tailProtection}${options.busyPoll ? ', busy poll' : ''}, ` +
     `in ${parent}${fileSystem === undefined ? '' : ` (${fileSystem})`}`
   if (!options.json) {
     print(io.stdout, header)
@@ -99,13 +105,15 @@ export async function benchCommand(options: BenchOptions, io: Io): Promise<numbe
     fixed(r.p50Ms, 2),
     fixed(r.p99Ms, 2),
     int(Math.round(r.dwbBytesPerRecord)),
+    fixed(r.cpuUsPerAppend, 1),
   ])
-  print(io.stdout, '', ...table(['scenario', 'appends/s', 'commits/s', 'records/commit', 'p50 ms', 'p99 ms', 'DWB B/record'], rows, [0]))
+  print(io.stdout, '', ...table(['scenario', 'appends/s', 'commits/s', 'records/commit', 'p50 ms', 'p99 ms', 'DWB B/record', 'CPU µs/append'], rows, [0]))
   return EXIT.ok
 }
 
 function settings(options: BenchOptions): object {
-  return { seconds: options.seconds, appenders: options.appenders, payloadBytes: options.payloadBytes, dwbMode: options.dwbMode }
+  const { seconds, appenders, payloadBytes, dwbMode, tailProtection, busyPoll } = options
+  return { seconds, appenders, payloadBytes, dwbMode, tailProtection, busyPoll }
 }
 
 function fileSystemOf(dir: string): string | undefined {
@@ -121,13 +129,15 @@ async function scenario(name: string, appenders: number, dir: string, options: B
   // No spare segment prepared in the background: its zero-fill and sync would overlap the
   // timed window. A run of a few seconds does not fill a 64 MiB segment, so it times no
   // roll either; a long, fast run does (and then pays for creating the next segment inline).
-  const wal = await Wal.open(dir, { segmentSize: 64 << 20, dwbMode: options.dwbMode, prepareSegments: false })
+  const { dwbMode, tailProtection, busyPoll } = options
+  const wal = await Wal.open(dir, { segmentSize: 64 << 20, dwbMode, tailProtection, busyPoll, prepareSegments: false })
   try {
     const payload = new Uint8Array(options.payloadBytes).fill(0x61)
     // Warm-up: the first commits create files and fault pages in.
     await Promise.all(Array.from({ length: Math.min(appenders, 16) }, () => wal.append(RecordType.Put, payload)))
     const before = wal.stats
     const latenciesMs: number[] = []
+    const cpuBefore = process.cpuUsage()
     const started = performance.now()
     const deadline = started + options.seconds * 1000
     const appender = async (): Promise<void> => {
@@ -139,6 +149,7 @@ async function scenario(name: string, appenders: number, dir: string, options: B
     }
     await Promise.all(Array.from({ length: appenders }, appender))
     const seconds = (performance.now() - started) / 1000
+    const cpu = process.cpuUsage(cpuBefore)
     const after = wal.stats
     const commits = Number(after.commits - before.commits)
     const appends = latenciesMs.length
@@ -157,6 +168,7 @@ async function scenario(name: string, appenders: number, dir: string, options: B
       walSyncs: Number(after.walSyncs - before.walSyncs),
       dwbSyncs: Number(after.dwbSyncs - before.dwbSyncs),
       dwbBytesPerRecord: appends === 0 ? 0 : Number(after.dwbBytesWritten - before.dwbBytesWritten) / appends,
+      cpuUsPerAppend: appends === 0 ? 0 : (cpu.user + cpu.system) / appends,
     }
   } finally {
     await wal.close()

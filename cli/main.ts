@@ -128,7 +128,7 @@ Exit code 0 when every record came back, 1 otherwise.`,
   },
   bench: {
     summary: 'durable appends/s for 1 writer and for 64 concurrent appenders',
-    usage: 'doublewrite bench [--seconds S] [--appenders N] [--payload BYTES] [--dwb-mode MODE] [--dir DIR] [--json]',
+    usage: 'doublewrite bench [--seconds S] [--appenders N] [--payload BYTES] [--dwb-mode MODE] [--tail-protection P] [--busy-poll] [--dir DIR] [--json]',
     details: `A short benchmark of this package where it runs: durable appends per second, commits per
 second and append latency for one writer (each append waits for the previous one) and
 for N concurrent appenders (group commit: one DWB sync + one WAL sync per commit, shared
@@ -142,6 +142,9 @@ Options:
   --appenders N        appenders of the concurrent scenario (default 64)
   --payload BYTES      payload bytes per record (default 128)
   --dwb-mode MODE      buffered (default), direct or off
+  --tail-protection P  mirror (default: DWB copies, two syncs per commit) or pad (one sync)
+  --busy-poll          open the WALs with busyPoll: the event loop turns instead of sleeping
+                       while a commit is in flight (compare the CPU column with and without)
   --dir DIR            where to create the WALs (default: the OS temp directory)
 ${COMMON_OPTIONS}`,
     options: {
@@ -149,6 +152,8 @@ ${COMMON_OPTIONS}`,
       appenders: { type: 'string' },
       payload: { type: 'string' },
       'dwb-mode': { type: 'string' },
+      'tail-protection': { type: 'string' },
+      'busy-poll': { type: 'boolean' },
       dir: { type: 'string' },
     },
     positionals: 0,
@@ -158,6 +163,10 @@ ${COMMON_OPTIONS}`,
       if (dwbMode !== 'buffered' && dwbMode !== 'direct' && dwbMode !== 'off') {
         throw usage(`--dwb-mode must be buffered, direct or off, not ${String(dwbMode)}`)
       }
+      const tailProtection = values['tail-protection'] ?? 'mirror'
+      if (tailProtection !== 'mirror' && tailProtection !== 'pad') {
+        throw usage(`--tail-protection must be mirror or pad, not ${String(tailProtection)}`)
+      }
       return benchCommand(
         {
           json: values.json === true,
@@ -165,6 +174,8 @@ ${COMMON_OPTIONS}`,
           appenders: integer('--appenders', values.appenders, 64, 2, 100_000),
           payloadBytes: integer('--payload', values.payload, 128, 0, 64 << 20),
           dwbMode,
+          tailProtection,
+          busyPoll: values['busy-poll'] === true,
           dir: typeof values.dir === 'string' ? values.dir : undefined,
         },
         io,
