@@ -752,7 +752,7 @@ export interface WalOptions {
    * While an append of this WAL awaits its commit, keep the event loop turning
    * (`setImmediate`) instead of letting it sleep, for at most 1 ms without an append or an
    * outcome, so the commit's completion is picked up at once rather than after the thread
-   * wakes (25–55 µs per awaited commit on a VM whose idle vCPUs halt). It trades CPU for latency: the JS
+   * wakes (33–55 µs per awaited commit on a VM whose idle vCPUs halt). It trades CPU for latency: the JS
    * thread stays busy while commits are in flight (a whole core for one writer awaiting
    * each append), though never blocked. Worth it on a server with a core to spare; not on
    * a laptop or in an Electron app. Default `false`.
@@ -1155,7 +1155,7 @@ class Inflight {
   /** `performance.now()` of the last append or outcome while busy-polling. */
   #progressAt = 0
 
-  constructor(busyPoll = false) {
+  constructor(busyPoll: boolean) {
     this.#busyPoll = busyPoll
     this.#keepAlive = setInterval(() => {}, 0x3fff_ffff)
     this.#keepAlive.unref()
