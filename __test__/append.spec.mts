@@ -299,9 +299,43 @@ test('busyPoll: awaited, concurrent and batched appends resolve with their LSNs 
   }
 })
 
-/** Pending `setImmediate` callbacks of this process. */
-function pendingImmediates(): number {
-  return process.getActiveResourcesInfo().filter((resource) => resource === 'Immediate').length
+/**
+ * Records which callbacks are passed to `setImmediate` while `during` runs and which of
+ * them are still pending, so a test can follow the library's own immediates without
+ * counting those of the test runner or of Node (`process.getActiveResourcesInfo()` counts
+ * every immediate of the thread, and the runner schedules some of its own).
+ */
+async function watchImmediates<T>(
+  during: (pending: (callback: unknown) => number, scheduledBy: (call: () => unknown) => unknown[]) => Promise<T>,
+): Promise<T> {
+  const original = globalThis.setImmediate
+  const pendingCount = new Map<unknown, number>()
+  let scheduled: unknown[] | undefined
+  const spy = ((callback: (...args: unknown[]) => void, ...args: unknown[]) => {
+    pendingCount.set(callback, (pendingCount.get(callback) ?? 0) + 1)
+    scheduled?.push(callback)
+    return original(() => {
+      pendingCount.set(callback, (pendingCount.get(callback) ?? 1) - 1)
+      callback(...args)
+    })
+  }) as typeof setImmediate
+  globalThis.setImmediate = spy
+  try {
+    return await during(
+      (callback) => pendingCount.get(callback) ?? 0,
+      (call) => {
+        scheduled = []
+        try {
+          call()
+          return scheduled
+        } finally {
+          scheduled = undefined
+        }
+      },
+    )
+  } finally {
+    globalThis.setImmediate = original
+  }
 }
 
 /** Resolves after the event loop's check phase has run `turns` times. */
@@ -309,19 +343,36 @@ async function loopTurns(turns: number): Promise<void> {
   for (let i = 0; i < turns; i++) await new Promise((resolve) => setImmediate(resolve))
 }
 
-// Serial: no other test's immediates run at the same time.
+// Serial: setImmediate is replaced for the duration, and no other test should see the spy.
 test.serial('busyPoll keeps a setImmediate pending exactly while an append is in flight, and without it none is', async (t) => {
   for (const busyPoll of [false, true]) {
     const wal = await openWal(t, { ...SMALL, busyPoll })
-    const before = pendingImmediates()
-    for (let i = 0; i < 20; i++) {
-      const pending = wal.append(RecordType.Put, pattern(64, i))
-      t.is(pendingImmediates(), before + (busyPoll ? 1 : 0), `busyPoll ${busyPoll}: while append ${i} is in flight`)
-      await pending
-    }
-    // The chain ends on its next turn once nothing is in flight, well within its 1 ms limit.
-    await loopTurns(2)
-    t.is(pendingImmediates(), before, `busyPoll ${busyPoll}: nothing pending once every append resolved`)
+    await watchImmediates(async (pending, scheduledBy) => {
+      let spin: unknown
+      for (let i = 0; i < 20; i++) {
+        let append: Promise<bigint> | undefined
+        const scheduled = scheduledBy(() => {
+          append = wal.append(RecordType.Put, pattern(64, i))
+        })
+        if (!busyPoll) {
+          t.deepEqual(scheduled, [], `busyPoll false: append ${i} scheduled no immediate`)
+        } else {
+          // The first append starts the chain; a later one may find the previous chain
+          // still on its last turn and then schedules nothing new, but one turn is pending.
+          if (spin === undefined) {
+            t.is(scheduled.length, 1, 'busyPoll true: the first append starts the chain')
+            spin = scheduled[0]
+          } else {
+            t.true(scheduled.every((callback) => callback === spin), `busyPoll true: append ${i} schedules only the chain`)
+          }
+          t.is(pending(spin), 1, `busyPoll true: one turn of the chain is pending while append ${i} is in flight`)
+        }
+        await append
+      }
+      // The chain ends on its next turn once nothing is in flight, well within its 1 ms limit.
+      await loopTurns(2)
+      if (busyPoll) t.is(pending(spin), 0, 'busyPoll true: nothing pending once every append resolved')
+    })
     await wal.close()
   }
 })
