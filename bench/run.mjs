@@ -359,7 +359,8 @@ function summarize(cell, runs) {
     s.allInUsPerAppend = med((r) => r.allInUsPerAppend)
     s.commits = med((r) => r.commits)
     s.wallSyncUsPerAppend = med((r) => r.wallSyncUsPerAppend)
-    s.note = `${ok[0].records} appends issued in one loop, JS-thread CPU: ${fmt(s.jsUsPerRecord, 2)} µs each (sync part; wall ${fmt(s.wallSyncUsPerAppend, 2)}) + ${fmt(s.submitUsPerAppend, 2)} µs (the tick's native submit); ${fmt(s.allInUsPerAppend, 2)} µs/append all-in until all resolved (${fmt(s.commits, 0)} commits)`
+    s.againUsPerAppend = med((r) => r.againSyncUsPerAppend)
+    s.note = `${ok[0].records} appends issued in one loop, JS-thread CPU: ${fmt(s.jsUsPerRecord, 2)} µs each (sync part; wall ${fmt(s.wallSyncUsPerAppend, 2)}) + ${fmt(s.submitUsPerAppend, 2)} µs (the tick's native submit); ${fmt(s.allInUsPerAppend, 2)} µs/append all-in until all resolved (${fmt(s.commits, 0)} commits); the same burst again in the process: ${fmt(s.againUsPerAppend, 2)} µs sync part`
     return s
   }
   const recordsPerSec = pick((r) => r.records / r.seconds)
@@ -546,7 +547,7 @@ function targets(summaries) {
     check('event-loop delay p99 ≤ 1 ms under full load (worst W3 cell of ours)', worst.eldP99Ms, 1, worst.eldP99Ms <= 1, worst.id)
   }
   for (const s of summaries.filter((x) => x.workload === 'jscost' && x.runs > 0)) {
-    check(`JS-side cost of an append ≤ 2 µs (${s.size} B, sync part)`, s.jsUsPerRecord, 2, s.jsUsPerRecord <= 2, `all-in ${fmt(s.allInUsPerAppend, 2)} µs incl. submit and completions`)
+    check(`JS-side cost of an append ≤ 2 µs (${s.size} B, sync part)`, s.jsUsPerRecord, 2, s.jsUsPerRecord <= 2, `all-in ${fmt(s.allInUsPerAppend, 2)} µs incl. submit and completions; ${fmt(s.againUsPerAppend, 2)} µs for the same burst again in the process`)
   }
   const open = get('recovery-open')
   if (open) check('open a 1 GiB WAL ≥ 1 GB/s (page cache)', open.gbPerSec, 1, open.gbPerSec >= 1, open.note)
