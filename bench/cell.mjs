@@ -373,12 +373,20 @@ async function jsCost() {
       for (let i = 0; i < 2000; i++) warm.push(c.append(pool[i & 1023]))
       await Promise.all(warm)
     }
-    const promises = new Array(count)
+    /** Issues the burst: `count` appends, none awaited; their promises. */
+    const burst = () => {
+      const promises = new Array(count)
+      for (let i = 0; i < count; i++) promises[i] = c.append(pool[i & 1023])
+      return promises
+    }
     const stats0 = c.stats()
     const elu0 = performance.eventLoopUtilization()
     const cpu0 = threadCpuNs()
+    // µs per append between two samples: JS-thread CPU (robust to a busy machine) where
+    // the platform reports it, else wall time.
+    const perAppend = (cpuFrom, cpuTo, tFrom, tTo) => (cpu0 === null ? ((tTo - tFrom) * 1000) / count : (cpuTo - cpuFrom) / 1e3 / count)
     const t0 = now()
-    for (let i = 0; i < count; i++) promises[i] = c.append(pool[i & 1023])
+    const promises = burst()
     const t1 = now()
     const cpuLoop = threadCpuNs()
     await null // the submit microtask was queued by the first append: it runs before this
@@ -392,22 +400,20 @@ async function jsCost() {
     // The same burst again in this process: the memory the first one made the process
     // grow by (in flight: most of count × size) is now the allocator's to reuse, so this
     // is the cost without the kernel handing out fresh pages.
-    const again = new Array(count)
     const cpuAgain0 = threadCpuNs()
     const tAgain0 = now()
-    for (let i = 0; i < count; i++) again[i] = c.append(pool[i & 1023])
+    const again = burst()
     const tAgain1 = now()
     const cpuAgain1 = threadCpuNs()
     await Promise.all(again)
     return {
-      againSyncUsPerAppend: cpu0 === null ? ((tAgain1 - tAgain0) * 1000) / count : (cpuAgain1 - cpuAgain0) / 1e3 / count,
       seconds: (t3 - t0) / 1000,
       records: count,
       commits: stats1.commits - stats0.commits,
-      // CPU time of the JS thread (robust to a busy machine); wall time alongside.
-      syncUsPerAppend: cpu0 === null ? ((t1 - t0) * 1000) / count : (cpuLoop - cpu0) / 1e3 / count,
-      submitUsPerAppend: cpu0 === null ? ((t2 - t1) * 1000) / count : (cpuSubmit - cpuLoop) / 1e3 / count,
+      syncUsPerAppend: perAppend(cpu0, cpuLoop, t0, t1),
+      submitUsPerAppend: perAppend(cpuLoop, cpuSubmit, t1, t2),
       allInUsPerAppend: cpu0 === null ? (elu.active * 1000) / count : (cpu1 - cpu0) / 1e3 / count,
+      againSyncUsPerAppend: perAppend(cpuAgain0, cpuAgain1, tAgain0, tAgain1),
       wallSyncUsPerAppend: ((t1 - t0) * 1000) / count,
       wallSubmitUsPerAppend: ((t2 - t1) * 1000) / count,
       elu: elu.utilization,
