@@ -4,21 +4,30 @@
 //! cargo run --release -p doublewrite --example handoff_floor -- DIR [COMMITS] [ROUNDS]
 //! ```
 //!
-//! Three ways to make one 4 KiB write durable, each a loop of COMMITS (default 2000)
-//! write + fdatasync cycles into one preallocated, zero-filled 64 MiB file in DIR, run in
-//! interleaved rounds (default 9) so that a noisy disk hits all three alike:
+//! Six ways to make one 4 KiB write durable, each a loop of COMMITS (default 2000) durable
+//! writes into one preallocated, zero-filled 64 MiB file in DIR, run in interleaved rounds
+//! (default 9) so that a noisy disk hits all of them alike:
 //! - `inline`: the calling thread writes and calls fdatasync — what better-sqlite3 does on
 //!   the JS thread;
 //! - `handoff`: the caller wakes a worker thread (mutex + condvar), the worker writes and
 //!   calls fdatasync, then wakes the caller through an eventfd the caller waits on in
 //!   `epoll_wait` — the two wakes of an awaited doublewrite append (JS thread → commit
 //!   thread → libuv's eventfd), without JS or encoding;
+//! - `handoff-prewake`: as `handoff`, but the worker wakes the caller when its fdatasync
+//!   *starts*, and the caller spins until it ends — a spin from the sync's start, done
+//!   natively (PERFORMANCE §9 tried it from JS under `busyPoll`);
 //! - `aio-fdsync`: the caller writes, submits `IOCB_CMD_FDSYNC` with Linux AIO (the kernel
 //!   runs the sync on a workqueue) and waits for its eventfd in `epoll_wait` — one way an
-//!   async API could sync without a thread of its own.
+//!   async API could sync without a thread of its own;
+//! - `dio-dsync`: the calling thread writes the block with `O_DIRECT` and `RWF_DSYNC`
+//!   (`pwritev2`): durable when the call returns, no fdatasync;
+//! - `aio-dio-dsync`: the same write submitted through Linux AIO, its completion signalled
+//!   to an eventfd the caller waits on in `epoll_wait` — a completion that reaches the
+//!   waiting thread without a thread of ours in between, and without a spin.
 //!
-//! It prints the median µs per commit of each. PERFORMANCE.md §2 quotes it: the hand-off is
-//! the gap between an awaited append and better-sqlite3's blocking one.
+//! It prints the median µs per commit of each and the calling thread's CPU per commit (user
+//! and system time from `RUSAGE_THREAD`: what a spin costs). PERFORMANCE.md §2 quotes it:
+//! the hand-off is the gap between an awaited append and better-sqlite3's blocking one.
 #![allow(unsafe_code)] // raw syscalls (epoll, eventfd, AIO): the experiment is about them
 
 #[cfg(target_os = "linux")]
@@ -26,6 +35,7 @@ mod linux {
     use std::fs::File;
     use std::io::Write;
     use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Condvar, Mutex};
     use std::time::Instant;
 
@@ -60,6 +70,7 @@ mod linux {
         res2: i64,
     }
 
+    const IOCB_CMD_PWRITE: u16 = 1;
     const IOCB_CMD_FDSYNC: u16 = 3;
     const IOCB_FLAG_RESFD: u32 = 1;
 
@@ -100,6 +111,34 @@ mod linux {
 
     fn fdatasync(fd: i32) {
         check("fdatasync", unsafe { libc::fdatasync(fd) } as i64);
+    }
+
+    /// A block of 7s at a `BLOCK`-aligned address inside `storage` (O_DIRECT's rule).
+    fn aligned_block(storage: &mut Vec<u8>) -> &[u8] {
+        *storage = vec![7u8; 2 * BLOCK];
+        let skip = storage.as_ptr().align_offset(BLOCK);
+        &storage[skip..skip + BLOCK]
+    }
+
+    /// The file opened again with `O_DIRECT`.
+    fn direct(path: &str) -> File {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .unwrap_or_else(|e| panic!("open {path} with O_DIRECT: {e}"))
+    }
+
+    /// CPU time (user + system) the calling thread has used, in µs.
+    fn thread_cpu_us() -> f64 {
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        check(
+            "getrusage",
+            unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } as i64,
+        );
+        let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+        us(usage.ru_utime) + us(usage.ru_stime)
     }
 
     /// An eventfd and an epoll set watching it: the shape of libuv's async wake.
@@ -149,8 +188,14 @@ mod linux {
         }
     }
 
-    fn inline(file: &File, commits: u64, first: u64) -> f64 {
-        let fd = file.as_raw_fd();
+    /// The prepared file, also opened with `O_DIRECT`.
+    struct Target {
+        file: File,
+        direct: File,
+    }
+
+    fn inline(target: &Target, commits: u64, first: u64) -> f64 {
+        let fd = target.file.as_raw_fd();
         let block = vec![7u8; BLOCK];
         let started = Instant::now();
         for commit in first..first + commits {
@@ -160,13 +205,24 @@ mod linux {
         started.elapsed().as_secs_f64() * 1e6 / commits as f64
     }
 
-    fn handoff(file: &File, commits: u64, first: u64) -> f64 {
-        let fd = file.as_raw_fd();
+    fn handoff(target: &Target, commits: u64, first: u64) -> f64 {
+        handoff_with(target, commits, first, false)
+    }
+
+    fn handoff_prewake(target: &Target, commits: u64, first: u64) -> f64 {
+        handoff_with(target, commits, first, true)
+    }
+
+    /// `handoff`; with `prewake`, the worker signals when its fdatasync starts and stores the
+    /// commit's number in `synced` when it ends, and the caller spins on `synced`.
+    fn handoff_with(target: &Target, commits: u64, first: u64, prewake: bool) -> f64 {
+        let fd = target.file.as_raw_fd();
         let done = Arc::new(Wake::new());
+        let synced = Arc::new(AtomicU64::new(u64::MAX));
         // The next offset to write, or None when idle; u64::MAX stops the worker.
         let request = Arc::new((Mutex::new(None::<u64>), Condvar::new()));
         let worker = {
-            let (done, request) = (done.clone(), request.clone());
+            let (done, request, synced) = (done.clone(), request.clone(), synced.clone());
             std::thread::spawn(move || {
                 let block = vec![7u8; BLOCK];
                 loop {
@@ -183,8 +239,14 @@ mod linux {
                         return;
                     }
                     write_block(fd, &block, at);
-                    fdatasync(fd);
-                    done.signal();
+                    if prewake {
+                        done.signal();
+                        fdatasync(fd);
+                        synced.store(at, Ordering::Release);
+                    } else {
+                        fdatasync(fd);
+                        done.signal();
+                    }
                 }
             })
         };
@@ -197,6 +259,11 @@ mod linux {
         for commit in first..first + commits {
             send(offset(commit));
             done.wait();
+            if prewake {
+                while synced.load(Ordering::Acquire) != offset(commit) {
+                    std::hint::spin_loop();
+                }
+            }
         }
         let per_commit = started.elapsed().as_secs_f64() * 1e6 / commits as f64;
         send(u64::MAX);
@@ -204,8 +271,8 @@ mod linux {
         per_commit
     }
 
-    fn aio_fdsync(file: &File, commits: u64, first: u64) -> f64 {
-        let fd = file.as_raw_fd();
+    fn aio_fdsync(target: &Target, commits: u64, first: u64) -> f64 {
+        let fd = target.file.as_raw_fd();
         let done = Wake::new();
         let mut context: u64 = 0;
         check("io_setup", unsafe {
@@ -254,6 +321,78 @@ mod linux {
         per_commit
     }
 
+    fn dio_dsync(target: &Target, commits: u64, first: u64) -> f64 {
+        let fd = target.direct.as_raw_fd();
+        let mut storage = Vec::new();
+        let block = aligned_block(&mut storage);
+        let vec = libc::iovec {
+            iov_base: block.as_ptr() as *mut libc::c_void,
+            iov_len: BLOCK,
+        };
+        let started = Instant::now();
+        for commit in first..first + commits {
+            let written = check("pwritev2", unsafe {
+                libc::pwritev2(fd, &vec, 1, offset(commit) as i64, libc::RWF_DSYNC)
+            } as i64);
+            assert_eq!(written, BLOCK as i64);
+        }
+        started.elapsed().as_secs_f64() * 1e6 / commits as f64
+    }
+
+    fn aio_dio_dsync(target: &Target, commits: u64, first: u64) -> f64 {
+        let fd = target.direct.as_raw_fd();
+        let done = Wake::new();
+        let mut context: u64 = 0;
+        check("io_setup", unsafe {
+            libc::syscall(libc::SYS_io_setup, 8, &mut context)
+        });
+        let mut storage = Vec::new();
+        let block = aligned_block(&mut storage);
+        let started = Instant::now();
+        for commit in first..first + commits {
+            let mut write = Iocb {
+                opcode: IOCB_CMD_PWRITE,
+                fd: fd as u32,
+                buf: block.as_ptr() as u64,
+                nbytes: BLOCK as u64,
+                offset: offset(commit) as i64,
+                rw_flags: libc::RWF_DSYNC as u32,
+                flags: IOCB_FLAG_RESFD,
+                resfd: done.eventfd as u32,
+                ..Iocb::default()
+            };
+            let mut batch: [*mut Iocb; 1] = [&mut write];
+            let submitted = check("io_submit", unsafe {
+                libc::syscall(libc::SYS_io_submit, context, 1, batch.as_mut_ptr())
+            });
+            assert_eq!(submitted, 1);
+            done.wait();
+            let mut event = [IoEvent::default()];
+            let timeout: *const libc::timespec = std::ptr::null();
+            let reaped = unsafe {
+                libc::syscall(
+                    libc::SYS_io_getevents,
+                    context,
+                    1,
+                    1,
+                    event.as_mut_ptr(),
+                    timeout,
+                )
+            };
+            assert_eq!(check("io_getevents", reaped), 1);
+            assert_eq!(
+                event[0].res, BLOCK as i64,
+                "the AIO O_DIRECT write failed: {}",
+                event[0].res
+            );
+        }
+        let per_commit = started.elapsed().as_secs_f64() * 1e6 / commits as f64;
+        check("io_destroy", unsafe {
+            libc::syscall(libc::SYS_io_destroy, context)
+        });
+        per_commit
+    }
+
     pub fn main() {
         let mut args = std::env::args().skip(1);
         let dir = args
@@ -267,18 +406,28 @@ mod linux {
             .map_or(9, |s| s.parse().expect("ROUNDS: a number"));
         std::fs::create_dir_all(&dir).expect("create DIR");
         let path = format!("{dir}/handoff_floor.dat");
-        let file = prepared_file(&path);
-        type Way = fn(&File, u64, u64) -> f64;
-        let ways: [(&str, Way); 3] = [
+        let target = Target {
+            file: prepared_file(&path),
+            direct: direct(&path),
+        };
+        type Way = fn(&Target, u64, u64) -> f64;
+        let ways: [(&str, Way); 6] = [
             ("inline", inline),
             ("handoff", handoff),
+            ("handoff-prewake", handoff_prewake),
             ("aio-fdsync", aio_fdsync),
+            ("dio-dsync", dio_dsync),
+            ("aio-dio-dsync", aio_dio_dsync),
         ];
+        // Per way: µs per commit of each round, and the caller's CPU µs per commit.
         let mut results = vec![Vec::new(); ways.len()];
+        let mut cpu = vec![Vec::new(); ways.len()];
         let mut first = 0;
         for _ in 0..rounds {
-            for ((_, way), runs) in ways.iter().zip(&mut results) {
-                runs.push(way(&file, commits, first));
+            for (((_, way), runs), cpu) in ways.iter().zip(&mut results).zip(&mut cpu) {
+                let cpu_before = thread_cpu_us();
+                runs.push(way(&target, commits, first));
+                cpu.push((thread_cpu_us() - cpu_before) / commits as f64);
                 first += commits;
             }
         }
@@ -287,16 +436,17 @@ mod linux {
             runs[runs.len() / 2]
         };
         let base = median(&mut results[0]);
-        for ((name, _), runs) in ways.iter().zip(&mut results) {
+        for (((name, _), runs), cpu) in ways.iter().zip(&mut results).zip(&mut cpu) {
             let m = median(runs);
             println!(
-                "{name:<11} {m:6.1} µs/commit ({:5.0}/s), +{:5.1} µs over inline; runs {:?}",
+                "{name:<15} {m:6.1} µs/commit ({:5.0}/s), {:+6.1} µs over inline, caller CPU {:5.1} µs/commit; runs {:?}",
                 1e6 / m,
                 m - base,
+                median(cpu),
                 runs.iter().map(|x| x.round()).collect::<Vec<_>>()
             );
         }
-        drop(file);
+        drop(target);
         std::fs::remove_file(&path).expect("remove the data file");
     }
 }
