@@ -186,7 +186,9 @@ function buildCells(o) {
     if (o.packages.length > 1 && OUR_CONFIGS[cell.contestant]) {
       for (const p of o.packages) {
         const contestant = `${cell.contestant}@${p.label}`
-        expanded.push({ ...cell, id: cell.id.replace(cell.contestant, contestant), contestant, packageDir: p.dir })
+        // Ids name the contestant except the append-cost cells' (`jscost/SIZE`): label those too.
+        const id = cell.id.includes(cell.contestant) ? cell.id.replace(cell.contestant, contestant) : `${cell.id}@${p.label}`
+        expanded.push({ ...cell, id, contestant, packageDir: p.dir })
       }
     } else expanded.push({ ...cell, packageDir: o.package })
   }
