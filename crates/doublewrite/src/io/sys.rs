@@ -1,4 +1,4 @@
-//! The only `unsafe` in the core: two system calls the standard library does not wrap.
+//! The only `unsafe` in the core: the system calls the standard library does not wrap.
 //! Each function states the contract that makes its call sound.
 #![allow(unsafe_code)]
 
@@ -68,3 +68,32 @@ pub fn drop_cache(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
 pub fn drop_cache(_file: &File, _offset: u64, _len: u64) -> std::io::Result<()> {
     Ok(())
 }
+
+/// Asks the kernel to back the whole pages inside `memory` with writable pages now, in one
+/// call, instead of one page fault per page as they are first written
+/// (`madvise(MADV_POPULATE_WRITE)`, Linux ≥ 5.14). Best effort: where the kernel refuses
+/// (older, or another page size) the pages fault in as usual; contents do not change.
+#[cfg(target_os = "linux")]
+pub fn populate_for_write(memory: &mut [std::mem::MaybeUninit<u8>]) {
+    let page = crate::align::PAGE_BYTES as usize;
+    let start = memory.as_mut_ptr() as usize;
+    let first = start.next_multiple_of(page);
+    let end = (start + memory.len()) / page * page;
+    if first >= end {
+        return;
+    }
+    // SAFETY: [first, end) lies inside `memory`, which is borrowed mutably for the call, so
+    // nothing else reads or writes it meanwhile; MADV_POPULATE_WRITE only faults its pages
+    // in as a write would, without changing their contents, and reports failure by its
+    // return value, which best effort ignores.
+    let _ = unsafe {
+        libc::madvise(
+            first as *mut libc::c_void,
+            end - first,
+            libc::MADV_POPULATE_WRITE,
+        )
+    };
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn populate_for_write(_memory: &mut [std::mem::MaybeUninit<u8>]) {}

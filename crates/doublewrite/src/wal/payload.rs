@@ -129,7 +129,10 @@ impl fmt::Debug for Payload {
 // The pool of `pooled_copy`: while payloads are in flight it keeps what their commits give
 // back, so a burst reuses memory its first commits have freed; it never keeps more free
 // buffers than are lent out (plus a few), so a process whose appends have drained does not
-// hold a burst's memory.
+// hold a burst's memory. A new buffer of at least `MIN_POPULATED_BYTES` has its pages
+// populated in one call before the copy (`io::populate_for_write`), instead of one page
+// fault per 4 KiB as the copy first touches memory the allocator got fresh from the kernel
+// (docs/PERFORMANCE.md §6).
 
 /// Free buffers kept, at most.
 const MAX_POOLED: usize = 64;
@@ -142,6 +145,19 @@ const MAX_POOLED_CAPACITY: usize = 4 << 20;
 /// Smaller copies get a buffer of their own, not a pooled one: their allocation is cheap,
 /// and a small call (one 128-byte append) must not hold a buffer sized for a large one.
 const MIN_POOLED_BYTES: usize = 16 << 10;
+/// New buffers from this size up are populated before the copy (the binding's copies are
+/// up to ~1 MiB: `STAGE_FLUSH_BYTES` in index.ts). Below it, the call would cost more than
+/// the few page faults it saves.
+const MIN_POPULATED_BYTES: usize = 256 << 10;
+
+/// An empty buffer that can hold `len` bytes.
+fn new_buffer(len: usize) -> Vec<u8> {
+    let mut buffer = Vec::with_capacity(len);
+    if len >= MIN_POPULATED_BYTES {
+        crate::io::populate_for_write(buffer.spare_capacity_mut());
+    }
+    buffer
+}
 
 struct Pool {
     /// Oldest first.
@@ -151,6 +167,15 @@ struct Pool {
 }
 
 impl Pool {
+    /// Takes out the newest free buffer that can hold `len` bytes.
+    fn take(&mut self, len: usize) -> Option<Vec<u8>> {
+        let newest_fit = self
+            .free
+            .iter()
+            .rposition(|buffer| buffer.capacity() >= len)?;
+        Some(self.free.remove(newest_fit))
+    }
+
     /// Takes out the oldest free buffers beyond the bounds (the newest were touched last,
     /// likeliest still cached), for the caller to free outside the lock.
     fn trim(&mut self) -> Vec<Vec<u8>> {
@@ -186,12 +211,11 @@ impl AsRef<[u8]> for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        let mut bytes = std::mem::take(&mut self.0);
-        bytes.clear();
+        let buffer = std::mem::take(&mut self.0);
         let mut pool = pool();
         pool.lent -= 1;
-        if bytes.capacity() <= MAX_POOLED_CAPACITY {
-            pool.free.push(bytes);
+        if buffer.capacity() <= MAX_POOLED_CAPACITY {
+            pool.free.push(buffer);
         }
         let freed = pool.trim();
         drop(pool);
@@ -199,11 +223,13 @@ impl Drop for Pooled {
     }
 }
 
-/// `bytes` copied into a buffer from a process-wide pool (or a new one when none is free),
-/// for [`Payload::shared`]: the buffer goes back to the pool when the last payload holding
-/// it is dropped (by the commit thread, once the commit is done). Allocating per record
-/// instead costs a page fault per 4 KiB payload when the allocator gives freed memory back
-/// to the kernel (docs/PERFORMANCE.md §6). Copies under 16 KiB get a buffer of their own.
+/// `bytes` copied into a buffer from a process-wide pool (or a new one when none that is
+/// free can hold them), for [`Payload::shared`]: the buffer goes back to the pool when the
+/// last payload holding it is dropped (by the commit thread, once the commit is done).
+/// Allocating per record instead costs a page fault per 4 KiB payload when the allocator
+/// gives freed memory back to the kernel, and a new buffer of at least 256 KiB has its
+/// pages populated in one call before the copy (docs/PERFORMANCE.md §6). Copies under 16 KiB get a buffer
+/// of their own.
 pub fn pooled_copy(bytes: &[u8]) -> SharedBytes {
     if bytes.len() < MIN_POOLED_BYTES {
         return Arc::new(bytes.to_vec());
@@ -211,10 +237,10 @@ pub fn pooled_copy(bytes: &[u8]) -> SharedBytes {
     let reused = {
         let mut pool = pool();
         pool.lent += 1;
-        pool.free.pop()
+        pool.take(bytes.len())
     };
-    let mut buffer = reused.unwrap_or_default();
-    buffer.reserve_exact(bytes.len());
+    let mut buffer = reused.unwrap_or_else(|| new_buffer(bytes.len()));
+    buffer.clear();
     buffer.extend_from_slice(bytes);
     Arc::new(Pooled(buffer))
 }
@@ -328,14 +354,37 @@ mod tests {
         );
         drop(pool_now);
 
-        // A buffer too large to keep.
+        // A buffer too large to keep: none of the free ones fits it, and it is not kept.
         let before = pool().free.len();
         drop(pooled_copy(&vec![0u8; MAX_POOLED_CAPACITY + 1]));
+        assert_eq!(pool().free.len(), before, "freed, not kept");
+
+        // A free buffer is reused for a copy it can hold (the newest such), and a copy none
+        // can hold gets a new one; from MIN_POPULATED_BYTES up its pages are populated first,
+        // which changes nothing it reads.
+        let large = |n: u8, len: usize| vec![n; len];
+        let populated = pooled_copy(&large(3, MIN_POPULATED_BYTES + 1));
         assert_eq!(
-            pool().free.len(),
-            before - 1,
-            "it took a pooled buffer and freed it"
+            (*populated).as_ref(),
+            &large(3, MIN_POPULATED_BYTES + 1)[..]
         );
+        let address = (*populated).as_ref().as_ptr();
+        drop(populated);
+        let shorter = pooled_copy(&large(4, MIN_POPULATED_BYTES));
+        assert_eq!((*shorter).as_ref(), &large(4, MIN_POPULATED_BYTES)[..]);
+        assert_eq!(
+            (*shorter).as_ref().as_ptr(),
+            address,
+            "reused for a copy it fits"
+        );
+        let longer = pooled_copy(&large(5, MIN_POPULATED_BYTES + 2));
+        assert_ne!(
+            (*longer).as_ref().as_ptr(),
+            address,
+            "not for one it cannot hold"
+        );
+        assert_eq!((*longer).as_ref(), &large(5, MIN_POPULATED_BYTES + 2)[..]);
+        drop((shorter, longer));
 
         // The bytes bound: 17 returned buffers of 4 MiB while 13 are lent; the count bound
         // (13 + KEPT_SPARE) would keep all 17, the bytes bound keeps 16 (64 MiB).
