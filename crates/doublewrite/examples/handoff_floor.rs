@@ -271,36 +271,42 @@ mod linux {
         per_commit
     }
 
-    fn aio_fdsync(target: &Target, commits: u64, first: u64) -> f64 {
-        let fd = target.file.as_raw_fd();
-        let done = Wake::new();
-        let mut context: u64 = 0;
-        check("io_setup", unsafe {
-            libc::syscall(libc::SYS_io_setup, 8, &mut context)
-        });
-        let block = vec![7u8; BLOCK];
-        let started = Instant::now();
-        for commit in first..first + commits {
-            write_block(fd, &block, offset(commit));
-            let mut sync = Iocb {
-                opcode: IOCB_CMD_FDSYNC,
-                fd: fd as u32,
-                flags: IOCB_FLAG_RESFD,
-                resfd: done.eventfd as u32,
-                ..Iocb::default()
-            };
-            let mut batch: [*mut Iocb; 1] = [&mut sync];
+    /// A Linux AIO context whose completions are signalled to an eventfd waited on in
+    /// `epoll_wait` (the shape of libuv's loop).
+    struct Aio {
+        context: u64,
+        done: Wake,
+    }
+
+    impl Aio {
+        fn new() -> Aio {
+            let mut context: u64 = 0;
+            check("io_setup", unsafe {
+                libc::syscall(libc::SYS_io_setup, 8, &mut context)
+            });
+            Aio {
+                context,
+                done: Wake::new(),
+            }
+        }
+
+        /// Submits `request`, sleeps in `epoll_wait` until its completion is signalled, and
+        /// returns its result.
+        fn run(&self, mut request: Iocb) -> i64 {
+            request.flags = IOCB_FLAG_RESFD;
+            request.resfd = self.done.eventfd as u32;
+            let mut batch: [*mut Iocb; 1] = [&mut request];
             let submitted = check("io_submit", unsafe {
-                libc::syscall(libc::SYS_io_submit, context, 1, batch.as_mut_ptr())
+                libc::syscall(libc::SYS_io_submit, self.context, 1, batch.as_mut_ptr())
             });
             assert_eq!(submitted, 1);
-            done.wait();
+            self.done.wait();
             let mut event = [IoEvent::default()];
             let timeout: *const libc::timespec = std::ptr::null();
             let reaped = unsafe {
                 libc::syscall(
                     libc::SYS_io_getevents,
-                    context,
+                    self.context,
                     1,
                     1,
                     event.as_mut_ptr(),
@@ -308,17 +314,33 @@ mod linux {
                 )
             };
             assert_eq!(check("io_getevents", reaped), 1);
-            assert_eq!(
-                event[0].res, 0,
-                "the AIO fdatasync failed: {}",
-                event[0].res
-            );
+            event[0].res
         }
-        let per_commit = started.elapsed().as_secs_f64() * 1e6 / commits as f64;
-        check("io_destroy", unsafe {
-            libc::syscall(libc::SYS_io_destroy, context)
-        });
-        per_commit
+    }
+
+    impl Drop for Aio {
+        fn drop(&mut self) {
+            check("io_destroy", unsafe {
+                libc::syscall(libc::SYS_io_destroy, self.context)
+            });
+        }
+    }
+
+    fn aio_fdsync(target: &Target, commits: u64, first: u64) -> f64 {
+        let fd = target.file.as_raw_fd();
+        let aio = Aio::new();
+        let block = vec![7u8; BLOCK];
+        let started = Instant::now();
+        for commit in first..first + commits {
+            write_block(fd, &block, offset(commit));
+            let result = aio.run(Iocb {
+                opcode: IOCB_CMD_FDSYNC,
+                fd: fd as u32,
+                ..Iocb::default()
+            });
+            assert_eq!(result, 0, "the AIO fdatasync failed: {result}");
+        }
+        started.elapsed().as_secs_f64() * 1e6 / commits as f64
     }
 
     fn dio_dsync(target: &Target, commits: u64, first: u64) -> f64 {
@@ -341,56 +363,26 @@ mod linux {
 
     fn aio_dio_dsync(target: &Target, commits: u64, first: u64) -> f64 {
         let fd = target.direct.as_raw_fd();
-        let done = Wake::new();
-        let mut context: u64 = 0;
-        check("io_setup", unsafe {
-            libc::syscall(libc::SYS_io_setup, 8, &mut context)
-        });
+        let aio = Aio::new();
         let mut storage = Vec::new();
         let block = aligned_block(&mut storage);
         let started = Instant::now();
         for commit in first..first + commits {
-            let mut write = Iocb {
+            let result = aio.run(Iocb {
                 opcode: IOCB_CMD_PWRITE,
                 fd: fd as u32,
                 buf: block.as_ptr() as u64,
                 nbytes: BLOCK as u64,
                 offset: offset(commit) as i64,
                 rw_flags: libc::RWF_DSYNC as u32,
-                flags: IOCB_FLAG_RESFD,
-                resfd: done.eventfd as u32,
                 ..Iocb::default()
-            };
-            let mut batch: [*mut Iocb; 1] = [&mut write];
-            let submitted = check("io_submit", unsafe {
-                libc::syscall(libc::SYS_io_submit, context, 1, batch.as_mut_ptr())
             });
-            assert_eq!(submitted, 1);
-            done.wait();
-            let mut event = [IoEvent::default()];
-            let timeout: *const libc::timespec = std::ptr::null();
-            let reaped = unsafe {
-                libc::syscall(
-                    libc::SYS_io_getevents,
-                    context,
-                    1,
-                    1,
-                    event.as_mut_ptr(),
-                    timeout,
-                )
-            };
-            assert_eq!(check("io_getevents", reaped), 1);
             assert_eq!(
-                event[0].res, BLOCK as i64,
-                "the AIO O_DIRECT write failed: {}",
-                event[0].res
+                result, BLOCK as i64,
+                "the AIO O_DIRECT write failed: {result}"
             );
         }
-        let per_commit = started.elapsed().as_secs_f64() * 1e6 / commits as f64;
-        check("io_destroy", unsafe {
-            libc::syscall(libc::SYS_io_destroy, context)
-        });
-        per_commit
+        started.elapsed().as_secs_f64() * 1e6 / commits as f64
     }
 
     pub fn main() {
