@@ -423,12 +423,14 @@ mod linux {
                 first += commits;
             }
         }
-        let median = |runs: &mut Vec<f64>| {
-            runs.sort_by(f64::total_cmp);
-            runs[runs.len() / 2]
+        // The runs stay in round order for the printout.
+        let median = |runs: &[f64]| {
+            let mut sorted = runs.to_vec();
+            sorted.sort_by(f64::total_cmp);
+            sorted[sorted.len() / 2]
         };
-        let base = median(&mut results[0]);
-        for (((name, _), runs), cpu) in ways.iter().zip(&mut results).zip(&mut cpu) {
+        let base = median(&results[0]);
+        for (((name, _), runs), cpu) in ways.iter().zip(&results).zip(&cpu) {
             let m = median(runs);
             println!(
                 "{name:<15} {m:6.1} µs/commit ({:5.0}/s), {:+6.1} µs over inline, caller CPU {:5.1} µs/commit; runs {:?}",

@@ -18,7 +18,7 @@ mod sys;
 
 pub use std_fs::StdVfs;
 /// Memory, not files, but a system call all the same: see [`sys::populate_for_write`].
-pub use sys::populate_for_write;
+pub(crate) use sys::populate_for_write;
 
 /// How to open a file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -72,20 +72,25 @@ pub fn drop_cache(_file: &File, _offset: u64, _len: u64) -> std::io::Result<()> 
 /// Asks the kernel to back the whole pages inside `memory` with writable pages now, in one
 /// call, instead of one page fault per page as they are first written
 /// (`madvise(MADV_POPULATE_WRITE)`, Linux ≥ 5.14). Best effort: where the kernel refuses
-/// (older, or another page size) the pages fault in as usual; contents do not change.
+/// (older) the pages fault in as usual; contents do not change.
 #[cfg(target_os = "linux")]
 pub fn populate_for_write(memory: &mut [std::mem::MaybeUninit<u8>]) {
-    let page = crate::align::PAGE_BYTES as usize;
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let Some(page) = usize::try_from(page).ok().filter(|p| p.is_power_of_two()) else {
+        return;
+    };
     let start = memory.as_mut_ptr() as usize;
     let first = start.next_multiple_of(page);
     let end = (start + memory.len()) / page * page;
     if first >= end {
         return;
     }
-    // SAFETY: [first, end) lies inside `memory`, which is borrowed mutably for the call, so
-    // nothing else reads or writes it meanwhile; MADV_POPULATE_WRITE only faults its pages
-    // in as a write would, without changing their contents, and reports failure by its
-    // return value, which best effort ignores.
+    // SAFETY: [first, end) lies inside `memory`, and both ends are multiples of the kernel's
+    // page size, so the kernel does not round the range out of it; `memory` is borrowed
+    // mutably for the call, so nothing else reads or writes it meanwhile;
+    // MADV_POPULATE_WRITE only faults its pages in as a write would, without changing
+    // their contents, and reports failure by its return value, which best effort ignores.
     let _ = unsafe {
         libc::madvise(
             first as *mut libc::c_void,
@@ -97,3 +102,27 @@ pub fn populate_for_write(memory: &mut [std::mem::MaybeUninit<u8>]) {
 
 #[cfg(not(target_os = "linux"))]
 pub fn populate_for_write(_memory: &mut [std::mem::MaybeUninit<u8>]) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Populating pages the allocator handed out zeroed and untouched (a large `vec![0; n]`
+    /// is lazily zeroed memory) leaves them zero, and a range that holds no whole page (or
+    /// nothing at all) is left alone.
+    #[test]
+    fn populating_changes_no_byte() {
+        let mut zeros = vec![0u8; 4 << 20];
+        zeros[12_345] = 7;
+        let view = zeros.as_mut_ptr().cast::<std::mem::MaybeUninit<u8>>();
+        // SAFETY: the same bytes, viewed as possibly uninitialised (a weaker type), for the
+        // life of `zeros`' mutable borrow; nothing reads `zeros` meanwhile.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(view, 4 << 20) };
+        populate_for_write(bytes);
+        populate_for_write(&mut bytes[1..100]);
+        populate_for_write(&mut []);
+        assert_eq!(zeros[12_345], 7);
+        zeros[12_345] = 0;
+        assert!(zeros.iter().all(|&b| b == 0));
+    }
+}

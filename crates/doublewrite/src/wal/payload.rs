@@ -359,32 +359,29 @@ mod tests {
         drop(pooled_copy(&vec![0u8; MAX_POOLED_CAPACITY + 1]));
         assert_eq!(pool().free.len(), before, "freed, not kept");
 
-        // A free buffer is reused for a copy it can hold (the newest such), and a copy none
-        // can hold gets a new one; from MIN_POPULATED_BYTES up its pages are populated first,
-        // which changes nothing it reads.
+        // A copy takes the newest free buffer that can hold it, not a newer, smaller one
+        // (which would have to grow into fresh memory), and the copy reads as itself.
+        let address = |copy: &SharedBytes| (**copy).as_ref().as_ptr();
         let large = |n: u8, len: usize| vec![n; len];
-        let populated = pooled_copy(&large(3, MIN_POPULATED_BYTES + 1));
-        assert_eq!(
-            (*populated).as_ref(),
-            &large(3, MIN_POPULATED_BYTES + 1)[..]
-        );
-        let address = (*populated).as_ref().as_ptr();
-        drop(populated);
-        let shorter = pooled_copy(&large(4, MIN_POPULATED_BYTES));
-        assert_eq!((*shorter).as_ref(), &large(4, MIN_POPULATED_BYTES)[..]);
-        assert_eq!(
-            (*shorter).as_ref().as_ptr(),
-            address,
-            "reused for a copy it fits"
-        );
-        let longer = pooled_copy(&large(5, MIN_POPULATED_BYTES + 2));
-        assert_ne!(
-            (*longer).as_ref().as_ptr(),
-            address,
-            "not for one it cannot hold"
-        );
-        assert_eq!((*longer).as_ref(), &large(5, MIN_POPULATED_BYTES + 2)[..]);
-        drop((shorter, longer));
+        let big = pooled_copy(&large(3, MIN_POPULATED_BYTES + 1));
+        let small = pooled_copy(&fill(7));
+        let big_address = address(&big);
+        drop(big);
+        drop(small);
+        let middle = pooled_copy(&large(4, MIN_POPULATED_BYTES));
+        assert_eq!((*middle).as_ref(), &large(4, MIN_POPULATED_BYTES)[..]);
+        assert_eq!(address(&middle), big_address, "the older buffer that fits");
+        drop(middle);
+        // A copy that no free buffer can hold gets a new one and takes none of them.
+        let (free_before, most) = {
+            let pool_now = pool();
+            let most = pool_now.free.iter().map(Vec::capacity).max();
+            (pool_now.free.len(), most.expect("free buffers"))
+        };
+        let longer = pooled_copy(&large(5, most + 1));
+        assert_eq!((*longer).as_ref(), &large(5, most + 1)[..]);
+        assert_eq!(pool().free.len(), free_before, "no free buffer taken");
+        drop(longer);
 
         // The bytes bound: 17 returned buffers of 4 MiB while 13 are lent; the count bound
         // (13 + KEPT_SPARE) would keep all 17, the bytes bound keeps 16 (64 MiB).
