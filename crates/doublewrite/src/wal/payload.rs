@@ -228,8 +228,8 @@ impl Drop for Pooled {
 /// last payload holding it is dropped (by the commit thread, once the commit is done).
 /// Allocating per record instead costs a page fault per 4 KiB payload when the allocator
 /// gives freed memory back to the kernel, and a new buffer of at least 256 KiB has its
-/// pages populated in one call before the copy (docs/PERFORMANCE.md §6). Copies under 16 KiB get a buffer
-/// of their own.
+/// pages populated in one call before the copy (docs/PERFORMANCE.md §6). Copies under
+/// 16 KiB get a buffer of their own.
 pub fn pooled_copy(bytes: &[u8]) -> SharedBytes {
     if bytes.len() < MIN_POOLED_BYTES {
         return Arc::new(bytes.to_vec());
