@@ -759,6 +759,17 @@ export interface WalOptions {
    */
   busyPoll?: boolean
   /**
+   * Let an awaited append whose WAL is idle commit on the JS thread, through the kernel:
+   * one `O_DIRECT` write with `RWF_DSYNC` submitted by Linux AIO, whose completion the
+   * kernel signals to a descriptor the event loop watches — the JS thread sleeps while
+   * the device works and is woken once, by the kernel, instead of twice through the commit
+   * thread. Nothing blocks: the submission returns at once. Appends that find a commit in
+   * flight, commits that roll a segment, and everything where AIO or libuv's poll handle is
+   * unavailable (not Linux, a seccomp profile) take the commit thread as before; the log's
+   * bytes are the same either way. Needs `directIo: true`. Default `false`.
+   */
+  kernelCompletion?: boolean
+  /**
    * Encrypt records at rest with AES-256-GCM. New records are sealed with `activeKeyId`;
    * records written under any key of `keys` stay readable (rotate by adding a key and
    * making it active). The DWB only ever holds ciphertext. Each open of an encrypted WAL
@@ -831,6 +842,8 @@ export interface WalStats {
   readonly dwbSyncs: bigint
   /** DWB syncs that ran alongside their commit's WAL sync rather than before its WAL write (`'mirror'`: all but a session's first commit and the rare one whose copies would land on the previous commit's). */
   readonly overlappedSyncs: bigint
+  /** Commits the kernel completed on its own (`kernelCompletion`); each is also a WAL sync. */
+  readonly durableCommits: bigint
   readonly paddingBytes: bigint
   readonly segmentRolls: bigint
   /** Records acknowledged while at risk without a DWB copy: `0n` unless the DWB failed under `'degraded'`. */
@@ -888,6 +901,15 @@ function walOptions(options: unknown): CheckedWalOptions {
   }
   if (fields.prepareSegments !== undefined) {
     out.prepareSegments = checkBoolean('options.prepareSegments', fields.prepareSegments)
+  }
+  if (fields.kernelCompletion !== undefined) {
+    out.kernelCompletion = checkBoolean('options.kernelCompletion', fields.kernelCompletion)
+    if (out.kernelCompletion && out.directIo !== true) {
+      throw codedError(
+        'ERR_INVALID_ARG_VALUE',
+        'The "options.kernelCompletion" argument needs "options.directIo": true (the kernel completes O_DIRECT writes only)',
+      )
+    }
   }
   if (fields.encryption !== undefined) out.encryption = encryptionOptions(fields.encryption)
   return { native: out, busyPoll }
@@ -1349,7 +1371,8 @@ export class Wal {
    *
    * @throws {TypeError} `ERR_INVALID_ARG_TYPE` for a wrong argument type.
    * @throws {RangeError} `ERR_INVALID_ARG_VALUE` for an unknown `dwbMode`, `protection` or
-   *   `tailProtection`; `ERR_OUT_OF_RANGE` for a negative or fractional size.
+   *   `tailProtection`, or `kernelCompletion` without `directIo`; `ERR_OUT_OF_RANGE` for a
+   *   negative or fractional size.
    * @throws {Error} `ERR_LOCKED` when another handle holds the directory (in this process,
    *   a worker thread or another process); `ERR_WAL_CORRUPT` when acknowledged records
    *   cannot be recovered (nothing is changed then); `ERR_INVALID_OPTIONS`;

@@ -456,3 +456,63 @@ directTest(`direct I/O segments: many commits replay completely and reopen resum
   t.is(await again.append(RecordType.Put, bytesOf('more')), 71n)
   t.is((await replayAll(again)).length, 71)
 })
+
+/** Options of a WAL whose idle awaited appends commit through the kernel. */
+const KERNEL: WalOptions = { ...SMALL, directIo: true, tailProtection: 'pad', kernelCompletion: true }
+
+directTest(`kernelCompletion: awaited, concurrent, batched and blocking appends keep their order, go through the kernel, and replay as written${directNote}`, async (t) => {
+  const dir = tempDir(t, 'wal')
+  const wal = await openWal(t, dir, KERNEL)
+  const expected: Uint8Array[] = []
+  const put = async (payload: Uint8Array): Promise<bigint> => {
+    expected.push(payload)
+    return wal.append(RecordType.Put, payload)
+  }
+  for (let i = 0; i < 200; i++) t.is(await put(new Uint8Array(100 + (i % 300)).fill(i)), BigInt(i + 1))
+  const awaited = wal.stats.durableCommits
+  // Each awaited append found the writer idle: all but those that rolled a segment.
+  t.true(awaited >= 190n, `${awaited} of 200 awaited commits went through the kernel`)
+  const concurrent = Array.from({ length: 64 }, (_, i) => new Uint8Array(4096).fill(i))
+  t.deepEqual(await Promise.all(concurrent.map(put)), Array.from({ length: 64 }, (_, i) => BigInt(201 + i)))
+  // A blocking append while a commit is in flight in the kernel: the commit thread ends
+  // that commit (nobody on this thread can), then commits this one after it.
+  const inFlight = put(bytesOf('in flight'))
+  expected.push(bytesOf('blocking'))
+  t.is(wal.appendSync(RecordType.Put, bytesOf('blocking')), 266n)
+  t.is(await inFlight, 265n)
+  const batch = [bytesOf('a'), new Uint8Array(70_000).fill(9)]
+  expected.push(...batch)
+  t.deepEqual(await wal.appendBatch(batch.map((payload) => ({ recordType: RecordType.Put, payload }))), [267n, 268n])
+  await wal.sync()
+  const records = await replayAll(wal)
+  t.deepEqual(
+    records.map((record) => Buffer.from(record.payload)),
+    expected.map((payload) => Buffer.from(payload)),
+  )
+  t.is(wal.stats.walSyncs, wal.stats.commits, 'one sync per commit, through the kernel or not')
+  assertProtected(t, wal)
+  await wal.close()
+  const again = await openWal(t, dir, KERNEL)
+  t.is(again.recovery.lastLsn, 268n)
+  t.is(await again.append(RecordType.Put, bytesOf('more')), 269n)
+})
+
+directTest(`kernelCompletion: a process with a commit in flight in the kernel stays alive until it is durable, then exits without close${directNote}`, async (t) => {
+  const dir = tempDir(t, 'wal')
+  const child = await execFileAsync(process.execPath, [path.join(fixtures, 'keepalive-child.mjs'), dir, 'kernel'], { timeout: 30_000 })
+  t.is(child.stdout, 'durable 1 (1 through the kernel)\n')
+  const wal = await openWal(t, dir, KERNEL)
+  t.is(wal.recovery.lastLsn, 1n)
+})
+
+test('kernelCompletion must be a boolean, and needs directIo', async (t) => {
+  const dir = tempDir(t, 'wal')
+  for (const value of [1, 'yes', null, {}]) {
+    await t.throwsAsync(Wal.open(dir, { kernelCompletion: value as unknown as boolean }), coded(TypeError, 'ERR_INVALID_ARG_TYPE'))
+  }
+  for (const options of [{ kernelCompletion: true }, { kernelCompletion: true, directIo: false }]) {
+    await t.throwsAsync(Wal.open(dir, options), coded(RangeError, 'ERR_INVALID_ARG_VALUE'))
+    t.throws(() => Wal.openSync(dir, options), coded(RangeError, 'ERR_INVALID_ARG_VALUE'))
+  }
+  t.deepEqual(readdirSync(dir), [], 'a refused option creates nothing')
+})

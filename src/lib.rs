@@ -21,4 +21,5 @@ pub mod dwb;
 pub mod error;
 pub mod record;
 pub mod tools;
+mod uv;
 pub mod wal;

@@ -40,6 +40,7 @@ use crate::error::{
     coded, to_napi_error, u64_from_bigint, IntoNapi, ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE,
 };
 use crate::record::NativeWalRecord;
+use crate::uv::ReadyWatch;
 
 /// Options of `NativeWal.open`; absent fields take the core's defaults.
 #[napi(object)]
@@ -62,6 +63,10 @@ pub struct WalOpenOptions {
     pub max_commit_bytes: Option<f64>,
     /// Prepare the next segment in the background (default `true`).
     pub prepare_segments: Option<bool>,
+    /// Commit an awaited append on the JS thread through the kernel's durable writes
+    /// where it can (needs `directIo`; Linux AIO with `RWF_DSYNC`, completion watched by
+    /// the event loop). Default `false`.
+    pub kernel_completion: Option<bool>,
     /// Encrypt records at rest.
     pub encryption: Option<NativeEncryption>,
 }
@@ -133,6 +138,7 @@ pub struct NativeWalStats {
     pub wal_syncs: BigInt,
     pub dwb_syncs: BigInt,
     pub overlapped_syncs: BigInt,
+    pub durable_commits: BigInt,
     pub padding_bytes: BigInt,
     pub segment_rolls: BigInt,
     pub unprotected_records: BigInt,
@@ -280,6 +286,7 @@ fn wal_options(options: &WalOpenOptions) -> Result<(WalOptions, Option<KeyRing>)
             .unwrap_or(defaults.max_commit_bytes),
         // Rolls should not stall a commit behind a segment's preallocation.
         prepare_segments: options.prepare_segments.unwrap_or(true),
+        kernel_completion: options.kernel_completion.unwrap_or(false),
         ..defaults
     };
     Ok((options, keys))
@@ -403,6 +410,9 @@ fn known_types(extra: Option<Vec<u32>>) -> Option<BTreeSet<u32>> {
 struct OpenState {
     wal: Arc<Wal>,
     completions: Arc<CompletionFn>,
+    /// With `kernelCompletion`: the event loop's watch of the WAL's completion eventfd;
+    /// while it exists, appends commit on this thread where they can.
+    watch: Option<ReadyWatch>,
 }
 
 /// Every method takes `&self`: napi-rs keeps a method's borrow of the object until an
@@ -433,15 +443,30 @@ impl NativeWal {
             .ok_or_else(closed)
     }
 
-    fn from_wal(wal: Wal, completions: CompletionFn) -> NativeWal {
+    fn from_wal(env: &Env, wal: Wal, completions: CompletionFn) -> NativeWal {
         let completions = Arc::new(completions);
         let hook = completions.clone();
         wal.set_completion_hook(Some(Arc::new(move || notify(&hook))));
+        let wal = Arc::new(wal);
+        let watch = wal.durable_ready_fd().and_then(|fd| {
+            let weak = Arc::downgrade(&wal);
+            ReadyWatch::start(
+                env,
+                fd,
+                Box::new(move || {
+                    if let Some(wal) = weak.upgrade() {
+                        // The completion hook tells JS to take the outcomes.
+                        wal.reap_durable(false);
+                    }
+                }),
+            )
+        });
         NativeWal {
             outbox: completions.outbox.clone(),
             state: Mutex::new(Some(OpenState {
-                wal: Arc::new(wal),
+                wal,
                 completions,
+                watch,
             })),
         }
     }
@@ -465,6 +490,7 @@ impl NativeWal {
     /// of `submitPacked` jobs wait in the outbox (see `takeCompletions`).
     #[napi(factory)]
     pub fn open_sync(
+        env: Env,
         dir: String,
         options: WalOpenOptions,
         #[napi(ts_arg_type = "() => void")] on_complete: Function<'_, (), ()>,
@@ -473,7 +499,7 @@ impl NativeWal {
         let completions = completion_fn(on_complete)?;
         let wal =
             Wal::open_with_keys(Arc::new(StdVfs), Path::new(&dir), options, keys).into_napi()?;
-        Ok(NativeWal::from_wal(wal, completions))
+        Ok(NativeWal::from_wal(&env, wal, completions))
     }
 
     /// Opens and recovers the WAL on the libuv pool.
@@ -505,8 +531,12 @@ impl NativeWal {
         payloads: Uint8ArraySlice,
         ids: Option<BigUint64ArraySlice>,
     ) -> Result<()> {
-        let (wal, completions) = match self.slot().as_ref() {
-            Some(state) => (state.wal.clone(), state.completions.clone()),
+        let (wal, completions, watched) = match self.slot().as_ref() {
+            Some(state) => (
+                state.wal.clone(),
+                state.completions.clone(),
+                state.watch.is_some(),
+            ),
             None => return Err(closed()),
         };
         let jobs = unpack(
@@ -521,8 +551,13 @@ impl NativeWal {
                 Err(e) => deliver(&completions, ticket, Err(to_napi_error(e).reason)),
             }
         }
-        // One lock and one wake-up of the commit thread for the whole tick.
-        wal.submit_many(queued);
+        // One commit started here whose completion wakes this thread (the watch), or one
+        // lock and one wake-up of the commit thread for the whole tick.
+        if watched {
+            wal.submit_durable(queued);
+        } else {
+            wal.submit_many(queued);
+        }
         // Outcomes reported on this thread (invalid records, a WAL closed meanwhile).
         notify(&completions);
         Ok(())
@@ -646,6 +681,7 @@ impl NativeWal {
             wal_syncs: stats.wal_syncs.into(),
             dwb_syncs: stats.dwb_syncs.into(),
             overlapped_syncs: stats.overlapped_syncs.into(),
+            durable_commits: stats.durable_commits.into(),
             padding_bytes: stats.padding_bytes.into(),
             segment_rolls: stats.segment_rolls.into(),
             unprotected_records: stats.unprotected_records.into(),
@@ -726,12 +762,12 @@ impl Task for OpenWal {
         .into_napi()
     }
 
-    fn resolve(&mut self, _env: Env, wal: Wal) -> Result<NativeWal> {
+    fn resolve(&mut self, env: Env, wal: Wal) -> Result<NativeWal> {
         let completions = self
             .completions
             .take()
             .expect("resolve runs once, after compute");
-        Ok(NativeWal::from_wal(wal, completions))
+        Ok(NativeWal::from_wal(&env, wal, completions))
     }
 }
 

@@ -104,6 +104,11 @@ impl AlignedBuf {
         self.len = len;
     }
 
+    /// Address of the first byte (aligned to `alignment`).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.storage[self.start..].as_ptr()
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         &self.storage[self.start..self.start + self.len]
     }

@@ -12,6 +12,8 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::align::AlignedBuf;
+
 pub mod sim;
 mod std_fs;
 mod sys;
@@ -88,6 +90,12 @@ pub trait Vfs: Send + Sync + fmt::Debug {
     /// What `path` is: `None` when nothing is there.
     fn kind(&self, path: &Path) -> io::Result<Option<FileKind>>;
 
+    /// A channel for [`DurableWrites`], where this file system has one (the real disk on
+    /// Linux: AIO with `RWF_DSYNC`); `None` by default, and where the kernel refuses.
+    fn durable_writes(&self) -> Option<Box<dyn DurableWrites>> {
+        None
+    }
+
     /// [`VfsFile::sync_data`] of two files, overlapped where the platform can (the WAL
     /// syncs a commit's segment and its DWB copies together): both results, `first`'s
     /// first. Neither sync waits for the other's outcome; each file's durability is as
@@ -114,6 +122,41 @@ pub fn sync_one_then_other(
         let second_result = second.sync_data();
         (first.sync_data(), second_result)
     }
+}
+
+/// Writes that are durable when they complete and complete later, one in flight at a
+/// time: the write and its fdatasync in one request the kernel finishes on its own, so a
+/// thread can start a commit and sleep in its event loop until the completion wakes it —
+/// one wake-up per commit where a commit thread costs two (docs/PERFORMANCE.md §2).
+///
+/// A completed write is durable for its own range only (Linux `RWF_DSYNC` syncs the range
+/// it wrote, not the file's other dirty pages): use it on files opened with
+/// [`OpenOptions::direct`] whose every write goes through it or is synced on its own.
+pub trait DurableWrites: Send + fmt::Debug {
+    /// A descriptor that becomes readable when the write in flight completes (an eventfd
+    /// on Linux), for an event loop to watch; `None` where completion is only learnt by
+    /// [`DurableWrites::finish`] with `wait`.
+    fn ready_fd(&self) -> Option<i32>;
+
+    /// Starts writing the contents of `buf` at `offset` of `file`; the length, `offset`
+    /// and the buffer must suit the file's direct-I/O alignment. The buffer stays here
+    /// until [`DurableWrites::finish`] returns it.
+    ///
+    /// # Errors
+    /// The write did not start (another is in flight, the kernel refused it, the file is
+    /// not one this channel can write): the buffer comes back, and nothing was written.
+    fn start(
+        &mut self,
+        file: &Arc<dyn VfsFile>,
+        buf: AlignedBuf,
+        offset: u64,
+    ) -> Result<(), (io::Error, AlignedBuf)>;
+
+    /// The outcome of the write in flight (bytes written, or the error: then the range
+    /// is in an unknown state, as after a failed fdatasync) and its buffer, once it has
+    /// completed; with `wait`, sleeps until it has. `None` while it runs (without `wait`)
+    /// and when nothing is in flight.
+    fn finish(&mut self, wait: bool) -> Option<(io::Result<usize>, AlignedBuf)>;
 }
 
 /// What a path names.
@@ -166,6 +209,13 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// cache as if it were clean: recovery drops the range it cannot vouch for before
     /// trusting it.
     fn drop_cache(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// The operating system's descriptor of this file when it was opened with
+    /// [`OpenOptions::direct`], for [`DurableWrites`] of the same file system; `None`
+    /// otherwise, and by default (a simulated file has none).
+    fn direct_fd(&self) -> Option<i32> {
+        None
+    }
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`.

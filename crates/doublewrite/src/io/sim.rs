@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{FileKind, OpenOptions, Vfs, VfsFile};
-use crate::align::PAGE_BYTES;
+use crate::align::{AlignedBuf, PAGE_BYTES};
 
 /// Granularity at which the simulated device tears writes.
 pub const SECTOR_SIZE: usize = 512;
@@ -781,6 +781,51 @@ impl Vfs for SimVfs {
     ) -> (io::Result<()>, io::Result<()>) {
         let first_goes_first = self.lock().stats.mutations.is_multiple_of(2);
         super::sync_one_then_other(first.as_ref(), second.as_ref(), first_goes_first)
+    }
+
+    fn durable_writes(&self) -> Option<Box<dyn super::DurableWrites>> {
+        Some(Box::new(SimDurableWrites { in_flight: None }))
+    }
+}
+
+/// [`super::DurableWrites`] on the simulated disk: the write lands (unsynced) when it
+/// starts and is synced when it finishes, so a crash between the two finds it as the
+/// fault model leaves any unsynced write — lost, torn or garbled — and a failing sync
+/// fails the write. Syncing the whole file is what `RWF_DSYNC` promises for the write's
+/// range; the writer sends every write of such a file through here or syncs it itself,
+/// so the file holds no other unsynced bytes for the difference to hide.
+#[derive(Debug)]
+struct SimDurableWrites {
+    in_flight: Option<(Arc<dyn VfsFile>, io::Result<usize>, AlignedBuf)>,
+}
+
+impl super::DurableWrites for SimDurableWrites {
+    fn ready_fd(&self) -> Option<i32> {
+        None
+    }
+
+    fn start(
+        &mut self,
+        file: &Arc<dyn VfsFile>,
+        buf: AlignedBuf,
+        offset: u64,
+    ) -> Result<(), (io::Error, AlignedBuf)> {
+        if self.in_flight.is_some() {
+            return Err((
+                io::Error::other("a durable write is already in flight"),
+                buf,
+            ));
+        }
+        let written =
+            super::write_all_at(file.as_ref(), buf.as_slice(), offset).map(|()| buf.len());
+        self.in_flight = Some((Arc::clone(file), written, buf));
+        Ok(())
+    }
+
+    fn finish(&mut self, _wait: bool) -> Option<(io::Result<usize>, AlignedBuf)> {
+        let (file, written, buf) = self.in_flight.take()?;
+        let outcome = written.and_then(|len| file.sync_data().map(|()| len));
+        Some((outcome, buf))
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 
 use super::{sys, FileKind, OpenOptions, Vfs, VfsFile};
+use crate::align::AlignedBuf;
 
 /// The operating system's file system. Zero-sized; cloning it is free.
 #[derive(Debug, Clone, Copy, Default)]
@@ -15,6 +16,7 @@ pub struct StdVfs;
 #[derive(Debug)]
 struct StdFile {
     file: File,
+    direct: bool,
 }
 
 /// A job for a [`SyncHelper`]: the file to sync and where to send the outcome.
@@ -122,7 +124,10 @@ impl Vfs for StdVfs {
         if options.direct {
             sys::set_no_cache(&file)?;
         }
-        Ok(Box::new(StdFile { file }))
+        Ok(Box::new(StdFile {
+            file,
+            direct: options.direct,
+        }))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -170,6 +175,12 @@ impl Vfs for StdVfs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn durable_writes(&self) -> Option<Box<dyn super::DurableWrites>> {
+        let aio = sys::AioDsync::new().ok()?;
+        Some(Box::new(AioWrites { aio }))
     }
 
     /// `first` is synced on this thread's helper while this thread syncs `second`, so the
@@ -263,5 +274,47 @@ impl VfsFile for StdFile {
 
     fn drop_cache(&self, offset: u64, len: u64) -> io::Result<()> {
         sys::drop_cache(&self.file, offset, len)
+    }
+
+    #[cfg(unix)]
+    fn direct_fd(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        self.direct.then(|| self.file.as_raw_fd())
+    }
+}
+
+/// [`super::DurableWrites`] of the real disk: Linux AIO, `RWF_DSYNC` (`sys::AioDsync`).
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+struct AioWrites {
+    aio: sys::AioDsync,
+}
+
+#[cfg(target_os = "linux")]
+impl super::DurableWrites for AioWrites {
+    fn ready_fd(&self) -> Option<i32> {
+        Some(self.aio.ready_fd())
+    }
+
+    /// The kernel holds its own reference to the open file while the write runs, so the
+    /// descriptor may be closed meanwhile.
+    fn start(
+        &mut self,
+        file: &Arc<dyn VfsFile>,
+        buf: AlignedBuf,
+        offset: u64,
+    ) -> Result<(), (io::Error, AlignedBuf)> {
+        let Some(fd) = file.direct_fd() else {
+            let buffered = io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a durable write needs a file opened with direct I/O",
+            );
+            return Err((buffered, buf));
+        };
+        self.aio.start(fd, buf, offset)
+    }
+
+    fn finish(&mut self, wait: bool) -> Option<(io::Result<usize>, AlignedBuf)> {
+        self.aio.reap(wait)
     }
 }

@@ -103,6 +103,206 @@ pub fn populate_for_write(memory: &mut [std::mem::MaybeUninit<u8>]) {
 #[cfg(not(target_os = "linux"))]
 pub fn populate_for_write(_memory: &mut [std::mem::MaybeUninit<u8>]) {}
 
+/// One write at a time through Linux AIO (`io_submit`), made durable by the kernel itself
+/// (`RWF_DSYNC`: the write completes only once its range, and what reading it back needs,
+/// is on stable storage), its completion signalled to an eventfd that an event loop can
+/// wait on. The descriptor must be open with `O_DIRECT`: a buffered AIO write would run
+/// synchronously inside `io_submit`.
+///
+/// The buffer of the write in flight is owned here until the write is reaped (or the
+/// context is destroyed, which waits for it), so the kernel never reads freed memory.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+pub struct AioDsync {
+    context: libc::c_ulong,
+    eventfd: std::os::fd::OwnedFd,
+    in_flight: Option<crate::align::AlignedBuf>,
+}
+
+/// `struct iocb` of `<linux/aio_abi.h>` (little-endian field order of `aio_key` and
+/// `aio_rw_flags`, as on every target this builds for).
+#[cfg(target_os = "linux")]
+#[repr(C)]
+#[derive(Default)]
+struct Iocb {
+    data: u64,
+    key: u32,
+    rw_flags: u32,
+    opcode: u16,
+    reqprio: i16,
+    fd: u32,
+    buf: u64,
+    nbytes: u64,
+    offset: i64,
+    reserved2: u64,
+    flags: u32,
+    resfd: u32,
+}
+
+/// `struct io_event` of `<linux/aio_abi.h>`.
+#[cfg(target_os = "linux")]
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct IoEvent {
+    data: u64,
+    obj: u64,
+    res: i64,
+    res2: i64,
+}
+
+#[cfg(target_os = "linux")]
+const IOCB_CMD_PWRITE: u16 = 1;
+#[cfg(target_os = "linux")]
+const IOCB_FLAG_RESFD: u32 = 1;
+
+#[cfg(target_os = "linux")]
+fn syscall_result(rc: libc::c_long) -> std::io::Result<libc::c_long> {
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+#[cfg(target_os = "linux")]
+impl AioDsync {
+    /// An AIO context for one request and a non-blocking eventfd. `Err` where the kernel
+    /// has no AIO (or a seccomp profile refuses it): the caller writes and syncs instead.
+    pub fn new() -> std::io::Result<AioDsync> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor
+        // that nothing else owns.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by eventfd and is owned by nothing else.
+        let eventfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let mut context: libc::c_ulong = 0;
+        // SAFETY: io_setup writes the new context's id into `context`, a valid u64 that
+        // must be zero on entry.
+        syscall_result(unsafe { libc::syscall(libc::SYS_io_setup, 1, &mut context) })?;
+        Ok(AioDsync {
+            context,
+            eventfd,
+            in_flight: None,
+        })
+    }
+
+    /// The eventfd: readable once a write has completed (reaping reads it back to zero).
+    pub fn ready_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.eventfd.as_raw_fd()
+    }
+
+    /// Starts writing the contents of `buf` at `offset` of `fd`. The length, `offset` and
+    /// the buffer's address must suit the descriptor's direct-I/O alignment (the kernel
+    /// refuses them otherwise). At most one write is in flight: the buffer comes
+    /// back with the error when one already is, or when the kernel refuses the request.
+    pub fn start(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        buf: crate::align::AlignedBuf,
+        offset: u64,
+    ) -> Result<(), (std::io::Error, crate::align::AlignedBuf)> {
+        if self.in_flight.is_some() {
+            let busy = std::io::Error::other("a durable write is already in flight");
+            return Err((busy, buf));
+        }
+        let Ok(offset) = i64::try_from(offset) else {
+            let far = std::io::Error::from(std::io::ErrorKind::InvalidInput);
+            return Err((far, buf));
+        };
+        let mut request = Iocb {
+            opcode: IOCB_CMD_PWRITE,
+            fd: fd as u32,
+            buf: buf.as_ptr() as u64,
+            nbytes: buf.len() as u64,
+            offset,
+            rw_flags: libc::RWF_DSYNC as u32,
+            flags: IOCB_FLAG_RESFD,
+            resfd: self.ready_fd() as u32,
+            ..Iocb::default()
+        };
+        let mut batch: [*mut Iocb; 1] = [&mut request];
+        // SAFETY: `batch` points at one valid iocb for the call (the kernel copies it);
+        // the memory it names is the buffer's contents, and the buffer is kept in `in_flight`,
+        // unmoved on the heap and unread by us, until the write is reaped or the context
+        // destroyed (`Drop`), so the kernel never reads memory that was freed.
+        let submitted =
+            unsafe { libc::syscall(libc::SYS_io_submit, self.context, 1, batch.as_mut_ptr()) };
+        match syscall_result(submitted) {
+            Ok(1) => {
+                self.in_flight = Some(buf);
+                Ok(())
+            }
+            Ok(_) => Err((std::io::Error::other("io_submit took no request"), buf)),
+            Err(e) => Err((e, buf)),
+        }
+    }
+
+    /// The write in flight's outcome (bytes written) and its buffer, once it completed;
+    /// with `wait`, sleeps until it does. `None` while it runs (without `wait`) or when
+    /// nothing is in flight.
+    pub fn reap(
+        &mut self,
+        wait: bool,
+    ) -> Option<(std::io::Result<usize>, crate::align::AlignedBuf)> {
+        self.in_flight.as_ref()?;
+        let mut count: u64 = 0;
+        // SAFETY: reads 8 bytes into `count`, a valid u64; the eventfd is non-blocking,
+        // so this only clears a pending signal (EAGAIN when there is none).
+        let _ = unsafe { libc::read(self.ready_fd(), (&mut count as *mut u64).cast(), 8) };
+        let mut event = [IoEvent::default()];
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let timeout: *const libc::timespec = if wait { std::ptr::null() } else { &zero };
+        loop {
+            // SAFETY: `event` has room for the one event asked for; `timeout` is null
+            // (wait) or points at a valid timespec for the call.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_io_getevents,
+                    self.context,
+                    1,
+                    1,
+                    event.as_mut_ptr(),
+                    timeout,
+                )
+            };
+            match syscall_result(rc) {
+                Ok(0) => return None,
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // The context is broken: nothing more will complete through it.
+                    // Keep the buffer (the kernel may still read it); report the error.
+                    return Some((Err(e), crate::align::AlignedBuf::new(0, 1)));
+                }
+            }
+        }
+        let buf = self.in_flight.take().expect("checked above");
+        let res = event[0].res;
+        let outcome = if res < 0 {
+            Err(std::io::Error::from_raw_os_error(-res as i32))
+        } else {
+            Ok(res as usize)
+        };
+        Some((outcome, buf))
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for AioDsync {
+    fn drop(&mut self) {
+        // SAFETY: io_destroy cancels or waits for the write in flight before it returns,
+        // so the buffer dropped after it is no longer in the kernel's hands.
+        let _ = unsafe { libc::syscall(libc::SYS_io_destroy, self.context) };
+        drop(self.in_flight.take());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,14 +26,14 @@ use std::time::{Duration, Instant};
 use crate::crypto::KeyRing;
 use crate::dwb::{DoubleWriteBuffer, DwbMode, DwbOptions};
 use crate::error::{Error, Result};
-use crate::io::{FileKind, OpenOptions, StdVfs, Vfs};
+use crate::io::{DurableWrites, FileKind, OpenOptions, StdVfs, Vfs};
 use crate::record::{check_record_type, RecordError, RecordType, MAX_PAYLOAD_BYTES};
 
 pub use payload::{pooled_copy, Payload, SharedBytes};
 use poll::Poller;
 pub use replay::Replay;
 pub use segment::SegmentFile;
-use writer::Writer;
+use writer::{DurableCommit, Writer};
 
 /// Name of the DWB file inside a WAL directory.
 pub const DWB_FILE_NAME: &str = "wal.dwb";
@@ -162,6 +162,12 @@ pub struct WalOptions {
     /// instead of zero-filling a whole segment inside a commit. Off by default here (the
     /// simulator needs every I/O on one thread to replay a seed); the Node API turns it on.
     pub prepare_segments: bool,
+    /// Offer [`Wal::start_durable_commit`]: a commit started on the caller's thread whose
+    /// write the kernel makes durable and completes on its own (Linux AIO with
+    /// `RWF_DSYNC`), signalling [`Wal::durable_ready_fd`] — one wake-up per awaited
+    /// commit instead of two through the commit thread. Needs `direct_io`; where the
+    /// file system has no such channel the WAL opens without it.
+    pub kernel_completion: bool,
     #[doc(hidden)]
     pub weakness: Option<Weakness>,
 }
@@ -187,6 +193,7 @@ impl Default for WalOptions {
             tail_protection: TailProtection::Mirror,
             max_commit_bytes: DEFAULT_MAX_COMMIT_BYTES,
             prepare_segments: false,
+            kernel_completion: false,
             weakness: None,
         }
     }
@@ -253,6 +260,9 @@ pub struct WalStats {
     /// DWB syncs that ran alongside their commit's WAL sync (see the writer's module
     /// documentation); the others ran before the WAL write.
     pub overlapped_syncs: u64,
+    /// Commits whose write the kernel made durable and completed on its own
+    /// ([`Wal::submit_durable`]); each also counts as a WAL sync.
+    pub durable_commits: u64,
     pub padding_bytes: u64,
     pub segment_rolls: u64,
     /// Records acknowledged while at risk without a DWB copy. Zero unless the DWB failed
@@ -298,9 +308,24 @@ struct Queue {
     held: bool,
     /// The commit thread is running a unit of work it took from `jobs`.
     committing: bool,
-    /// A blocking caller is committing on its own thread (see [`Wal::append_batch`]); the
+    /// A blocking caller is committing on its own thread (see [`Wal::append_batch`]), or
+    /// a commit started there is in flight in the kernel (`durable_in_flight`); the
     /// commit thread waits until it is done.
     inline: bool,
+    /// The inline claim is held by a commit in flight through [`DurableWrites`]: whoever
+    /// needs the writer reaps it ([`reap_durable`]) instead of waiting for its caller.
+    durable_in_flight: bool,
+}
+
+/// The channel of [`Wal::start_durable_commit`] and the commit in flight through it.
+struct Durable {
+    channel: Box<dyn DurableWrites>,
+    in_flight: Option<InFlight>,
+}
+
+struct InFlight {
+    commit: DurableCommit,
+    jobs: Vec<(u64, AppendCallback)>,
 }
 
 /// What readers and status calls see; updated by the commit thread after every job.
@@ -328,6 +353,9 @@ struct Shared {
     keys: Mutex<Option<Arc<KeyRing>>>,
     /// Runs on the commit thread after the callbacks of each unit of work.
     completion_hook: Mutex<Option<CompletionHook>>,
+    /// With `kernel_completion`, where the file system offers it. Locked before `writer`.
+    durable: Option<Mutex<Durable>>,
+    durable_ready_fd: Option<i32>,
 }
 
 impl Shared {
@@ -549,6 +577,18 @@ impl Wal {
             lock_file,
             keys.clone(),
         )?;
+        let channel = if options.kernel_completion && options.direct_io && !options.weakened() {
+            vfs.durable_writes()
+        } else {
+            None
+        };
+        let durable_ready_fd = channel.as_ref().and_then(|c| c.ready_fd());
+        let durable = channel.map(|channel| {
+            Mutex::new(Durable {
+                channel,
+                in_flight: None,
+            })
+        });
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             vfs,
@@ -560,6 +600,8 @@ impl Wal {
             report,
             keys: Mutex::new(keys),
             completion_hook: Mutex::new(None),
+            durable,
+            durable_ready_fd,
         });
         let thread = {
             let shared = shared.clone();
@@ -700,6 +742,87 @@ impl Wal {
         let result = guarded(writer, |w| w.commit(&[records], false));
         self.shared.publish(writer);
         Some(result)
+    }
+
+    /// [`Wal::submit_many`], committed on this thread where it can be: when the WAL was
+    /// opened with `kernel_completion` and has the channel, the writer is idle and the
+    /// commit is a simple one (`Writer::start_durable_commit`), the jobs become one
+    /// commit whose write (with its sync) is handed to the kernel here, and this returns
+    /// at once. The kernel then signals [`Wal::durable_ready_fd`]; [`Wal::reap_durable`]
+    /// ends the commit and calls the callbacks and the completion hook — or the commit
+    /// thread does, when other work queues behind it or the WAL closes. Anything else is
+    /// queued as by [`Wal::submit_many`].
+    pub fn submit_durable(&self, jobs: Vec<(Vec<RecordInput>, AppendCallback)>) {
+        let Some(durable) = &self.shared.durable else {
+            return self.submit_many(jobs);
+        };
+        let mut valid = Vec::with_capacity(jobs.len());
+        let mut bytes: u64 = 0;
+        for (records, done) in jobs {
+            match records.iter().find_map(|r| r.check().err()) {
+                Some(e) => done(Err(e.into())),
+                None => {
+                    bytes += records.iter().map(|r| r.payload.len() as u64).sum::<u64>();
+                    valid.push((records, done));
+                }
+            }
+        }
+        if valid.is_empty() {
+            return;
+        }
+        if bytes > self.shared.options.max_commit_bytes {
+            return self.submit_many(valid);
+        }
+        let Some(claim) = InlineClaim::take(&self.shared) else {
+            return self.submit_many(valid);
+        };
+        let mut durable = lock(durable);
+        let started = {
+            let mut writer = lock(&self.shared.writer);
+            match writer.as_mut() {
+                Some(writer) => {
+                    let refs: Vec<&[RecordInput]> =
+                        valid.iter().map(|(r, _)| r.as_slice()).collect();
+                    let channel = durable.channel.as_mut();
+                    guarded(writer, |w| w.start_durable_commit(&refs, channel))
+                }
+                None => Ok(None),
+            }
+        };
+        let Ok(Some(commit)) = started else {
+            drop(durable);
+            drop(claim);
+            return self.submit_many(valid);
+        };
+        let jobs = valid
+            .into_iter()
+            .map(|(records, done)| (records.len() as u64, done))
+            .collect();
+        durable.in_flight = Some(InFlight { commit, jobs });
+        drop(durable);
+        claim.keep_for_durable();
+    }
+
+    /// Ends the commit [`Wal::submit_durable`] started, if its write has completed (with
+    /// `wait`, once it has): acknowledges its records, calls their callbacks and the
+    /// completion hook on this thread, and frees the writer. `false` when nothing was
+    /// in flight, it is still running (without `wait`), or another thread is ending it.
+    /// Call it when [`Wal::durable_ready_fd`] becomes readable.
+    pub fn reap_durable(&self, wait: bool) -> bool {
+        reap_durable(&self.shared, wait)
+    }
+
+    /// The descriptor [`Wal::submit_durable`]'s commits signal when their write completes
+    /// (an eventfd: watch it for readability); `None` when this WAL commits every append
+    /// on its commit thread.
+    pub fn durable_ready_fd(&self) -> Option<i32> {
+        self.shared.durable_ready_fd
+    }
+
+    /// Whether [`Wal::submit_durable`] can commit on the caller's thread (the WAL was
+    /// opened with `kernel_completion` and the file system has the channel).
+    pub fn has_durable_writes(&self) -> bool {
+        self.shared.durable.is_some()
     }
 
     /// Appends one record and returns its LSN once durable.
@@ -850,16 +973,85 @@ impl<'a> InlineClaim<'a> {
     }
 }
 
-impl Drop for InlineClaim<'_> {
-    fn drop(&mut self) {
+impl InlineClaim<'_> {
+    /// Keeps the claim for the commit in flight through [`DurableWrites`]: it is released
+    /// when that commit is reaped ([`reap_durable`]). Work already queued behind it gets
+    /// the commit thread, which then reaps it.
+    fn keep_for_durable(self) {
         let mut queue = lock(&self.shared.queue);
-        queue.inline = false;
+        queue.durable_in_flight = true;
         let waiting = !queue.jobs.is_empty() || queue.closing;
         drop(queue);
         if waiting {
             self.shared.wake.notify_one();
         }
+        std::mem::forget(self);
     }
+}
+
+impl Drop for InlineClaim<'_> {
+    fn drop(&mut self) {
+        release_inline(self.shared);
+    }
+}
+
+/// Ends a blocking caller's claim or a durable commit's (`Queue::inline`).
+fn release_inline(shared: &Shared) {
+    let mut queue = lock(&shared.queue);
+    queue.inline = false;
+    queue.durable_in_flight = false;
+    let waiting = !queue.jobs.is_empty() || queue.closing;
+    drop(queue);
+    if waiting {
+        shared.wake.notify_one();
+    }
+}
+
+/// See [`Wal::reap_durable`].
+fn reap_durable(shared: &Shared, wait: bool) -> bool {
+    let Some(durable) = &shared.durable else {
+        return false;
+    };
+    let mut durable = if wait {
+        lock(durable)
+    } else {
+        match durable.try_lock() {
+            Ok(durable) => durable,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        }
+    };
+    if durable.in_flight.is_none() {
+        return false;
+    }
+    let Some((outcome, buf)) = durable.channel.finish(wait) else {
+        return false;
+    };
+    let InFlight { commit, jobs } = durable.in_flight.take().expect("checked above");
+    let result = {
+        let mut writer = lock(&shared.writer);
+        let writer = writer
+            .as_mut()
+            .expect("the writer lives while a commit is in flight");
+        let result = guarded(writer, |w| w.finish_durable_commit(commit, outcome, buf));
+        shared.publish(writer);
+        result
+    };
+    drop(durable);
+    release_inline(shared);
+    let mut lsn = result.as_ref().copied().unwrap_or(0);
+    for (records, done) in jobs {
+        done(match &result {
+            Ok(_) => Ok(lsn),
+            Err(e) => Err(e.clone()),
+        });
+        lsn += records;
+    }
+    let hook = lock(&shared.completion_hook).clone();
+    if let Some(hook) = hook {
+        hook();
+    }
+    true
 }
 
 /// Takes the next unit of work: consecutive appends up to the commit size limit, or one
@@ -876,6 +1068,14 @@ fn next_jobs(shared: &Shared, poller: &mut Poller) -> Option<Vec<Job>> {
         queue = lock(&shared.queue);
     }
     while waiting(&queue) {
+        if queue.durable_in_flight && (!queue.jobs.is_empty() || queue.closing) {
+            // Work waits behind a commit in flight in the kernel: end it here rather
+            // than wait for its caller (who may be blocked on that very work).
+            drop(queue);
+            reap_durable(shared, true);
+            queue = lock(&shared.queue);
+            continue;
+        }
         queue = shared
             .wake
             .wait(queue)
@@ -910,6 +1110,10 @@ fn commit_loop(shared: Arc<Shared>) {
             shared.publish(writer);
             completions
         };
+        // The writer is free before anyone hears of the outcome: a caller that commits
+        // again on its own thread as soon as it does finds the writer idle, not this
+        // thread still between two units of work.
+        lock(&shared.queue).committing = false;
         for complete in completions {
             complete();
         }

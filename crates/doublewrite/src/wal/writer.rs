@@ -34,7 +34,7 @@ use crate::align::{round_down, round_up, AlignedBuf, PAGE_BYTES};
 use crate::crypto::{KeyRing, SegmentCipher, TAG_BYTES};
 use crate::dwb::DoubleWriteBuffer;
 use crate::error::{Error, Result};
-use crate::io::{self, OpenOptions, Vfs, VfsFile};
+use crate::io::{self, DurableWrites, OpenOptions, Vfs, VfsFile};
 use crate::record::{encode_padding_into, RecordHeader, ENCRYPTED_FLAG, HEADER_SIZE};
 
 use super::recovery::{RecordSpan, Recovered};
@@ -87,6 +87,21 @@ struct Tail {
     records: Vec<RecordSpan>,
 }
 
+/// A commit whose write is in flight through [`DurableWrites`]
+/// ([`Writer::start_durable_commit`]); nothing of it is acknowledged yet.
+#[derive(Debug)]
+pub(crate) struct DurableCommit {
+    first_lsn: u64,
+    record_count: u64,
+    base: u64,
+    body: Vec<u8>,
+    spans: Vec<RecordSpan>,
+    padding: u64,
+    /// Bytes the write covers from `base`: the body, zeros over a failed write's
+    /// leftovers, and zeros to the end of the direct-I/O block.
+    span: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct Writer {
     vfs: Arc<dyn Vfs>,
@@ -106,6 +121,9 @@ pub(crate) struct Writer {
     tail_copied: bool,
     pub(crate) stats: WalStats,
     buf: AlignedBuf,
+    /// The buffer of commits written through [`DurableWrites`]; away while one is in
+    /// flight (the channel holds it).
+    durable_buf: Option<AlignedBuf>,
     /// The next segment, being prepared on a background thread.
     spare: Option<SpareJob>,
     /// Encryption keys; `cipher` is the active key's cipher for the active segment.
@@ -217,6 +235,7 @@ impl Writer {
             tail_copied: false,
             stats: WalStats::default(),
             buf: AlignedBuf::new(block_bytes, block_bytes),
+            durable_buf: Some(AlignedBuf::new(block_bytes, block_bytes)),
             options,
             dwb,
             dwb_failed,
@@ -450,6 +469,136 @@ impl Writer {
         self.next_lsn = first_lsn + record_count;
         self.update_tail(base, &body, &spans);
         self.release_synced_pages();
+        Ok(first_lsn)
+    }
+
+    /// Starts the records of `requests` as one commit whose write (with its sync) the
+    /// kernel completes on its own, through `channel`: the commit thread is not involved,
+    /// and the caller learns of the completion from the channel (docs/PERFORMANCE.md §2).
+    ///
+    /// Only the simple case goes this way: direct I/O (every commit a whole number of
+    /// fresh blocks, nothing acknowledged at risk, no DWB copy to make), the commit fits
+    /// in the active segment, and nothing is outstanding (a directory sync, a fresh
+    /// segment owed to a failed encrypted commit). `Ok(None)` otherwise, with nothing
+    /// changed and nothing written: the caller commits the usual way. Until
+    /// [`Writer::finish_durable_commit`] the writer must not be used for anything else.
+    pub(crate) fn start_durable_commit(
+        &mut self,
+        requests: &[&[RecordInput]],
+        channel: &mut dyn DurableWrites,
+    ) -> Result<Option<DurableCommit>> {
+        if let Some(detail) = &self.poisoned {
+            return Err(Error::WalPoisoned {
+                detail: detail.clone(),
+            });
+        }
+        let record_count: u64 = requests.iter().map(|r| r.len() as u64).sum();
+        let first_lsn = self.next_lsn;
+        let lsn_space_left = crate::record::MAX_LSN
+            .saturating_sub(first_lsn)
+            .saturating_add(1);
+        let simple = self.options.direct_io
+            && !self.options.weakened()
+            && !self.fresh_segment_needed
+            && !self.dir_sync_pending
+            && record_count > 0
+            && record_count <= lsn_space_left
+            && self.active.end.is_multiple_of(self.active.block)
+            && self.at_risk(self.active.end).is_empty();
+        if !simple {
+            return Ok(None);
+        }
+        let (mut body, mut spans) = self.encode(first_lsn, requests);
+        let base = self.active.end;
+        let padding = self.padding_for(base, &body, &spans, false);
+        if base + body.len() as u64 + padding > self.active.size {
+            // A roll or a grown segment: synchronous work for the usual path.
+            return Ok(None);
+        }
+        if padding > 0 {
+            let at = body.len();
+            encode_padding_into(&mut body, padding as usize, first_lsn);
+            spans.push(RecordSpan {
+                offset: at as u64,
+                len: padding as u32,
+                user: false,
+            });
+        }
+        let end = base + body.len() as u64;
+        let Some(mut buf) = self.durable_buf.take() else {
+            return Ok(None);
+        };
+        buf.clear();
+        buf.extend_from_slice(&body);
+        // Leftovers of an earlier failed write beyond this commit's end become zeros.
+        let covered = end.max(self.active.dirty_end) - base;
+        let span = round_up(covered, self.active.block);
+        buf.resize_zeroed(span as usize);
+        match channel.start(&self.active.file, buf, base) {
+            Ok(()) => {}
+            Err((_, buf)) => {
+                // Not started, nothing written: the usual path will commit these.
+                self.durable_buf = Some(buf);
+                return Ok(None);
+            }
+        }
+        self.stats.wal_bytes_written += span;
+        Ok(Some(DurableCommit {
+            first_lsn,
+            record_count,
+            base,
+            body,
+            spans,
+            padding,
+            span,
+        }))
+    }
+
+    /// Ends a commit started by [`Writer::start_durable_commit`] with the channel's
+    /// outcome and gives back its buffer: on success the records are acknowledged, as
+    /// after step 3 of [`Writer::commit`]; a failed or short write poisons the writer, as
+    /// a failed fdatasync does (the range is in an unknown state).
+    pub(crate) fn finish_durable_commit(
+        &mut self,
+        commit: DurableCommit,
+        outcome: std::io::Result<usize>,
+        buf: AlignedBuf,
+    ) -> Result<u64> {
+        self.durable_buf = Some(buf);
+        let DurableCommit {
+            first_lsn,
+            record_count,
+            base,
+            body,
+            spans,
+            padding,
+            span,
+        } = commit;
+        let failure = match outcome {
+            Ok(written) if written as u64 == span => None,
+            Ok(written) => Some(format!("wrote {written} of {span} bytes")),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(failure) = failure {
+            self.active.dirty_end = self.active.dirty_end.max(base + span);
+            let detail = format!(
+                "the durable write (RWF_DSYNC) of {} at offset {base} failed: {failure}",
+                self.active.path.display()
+            );
+            self.poisoned = Some(detail.clone());
+            return Err(Error::WalPoisoned { detail });
+        }
+        let end = base + body.len() as u64;
+        self.stats.wal_syncs += 1;
+        self.stats.durable_commits += 1;
+        self.stats.padding_bytes += padding;
+        self.stats.commits += 1;
+        self.stats.records += record_count;
+        self.tail_copied = false;
+        self.active.end = end;
+        self.active.dirty_end = end;
+        self.next_lsn = first_lsn + record_count;
+        self.update_tail(base, &body, &spans);
         Ok(first_lsn)
     }
 

@@ -1,0 +1,289 @@
+//! Commits started on the caller's thread whose write the kernel makes durable and
+//! completes on its own (`Wal::submit_durable`, `kernel_completion`): they land where the
+//! commit thread's would, they are acknowledged only once durable, work queued behind one
+//! (a blocking append, a sync, a close) ends it instead of deadlocking, a failed write
+//! poisons the log, and every crash point keeps every acknowledged record.
+#![allow(unsafe_code)] // one poll(2) on the eventfd, as an event loop would wait on it
+
+mod common;
+
+use std::sync::mpsc;
+
+use common::{assert_records, payload, put, replay_all, Env};
+use doublewrite::io::sim::{FaultPlan, SimRng, TearPolicy};
+use doublewrite::{DwbMode, Error, RecordInput, TailProtection, Wal, WalOptions};
+
+fn options() -> WalOptions {
+    WalOptions {
+        direct_io: true,
+        dwb_mode: DwbMode::Direct,
+        tail_protection: TailProtection::Pad,
+        kernel_completion: true,
+        segment_size_bytes: 64 * 1024,
+        ..WalOptions::default()
+    }
+}
+
+/// Opens the WAL, or `None` (with a note) where this file system refuses direct I/O.
+fn open(env: &Env, options: WalOptions) -> Option<Wal> {
+    match env.open(options) {
+        Ok(wal) => Some(wal),
+        Err(Error::DirectIoUnsupported { detail, .. }) => {
+            eprintln!("SKIPPED: direct I/O unavailable here: {detail}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Submits `records` through `submit_durable` and waits for the outcome the way a binding
+/// would: reap once the commit completes (a commit that went to the commit thread
+/// instead is waited for through its callback).
+fn durable_append(wal: &Wal, records: Vec<RecordInput>) -> doublewrite::Result<u64> {
+    let (send, receive) = mpsc::channel();
+    wal.submit_durable(vec![(
+        records,
+        Box::new(move |outcome| {
+            let _ = send.send(outcome);
+        }),
+    )]);
+    wal.reap_durable(true);
+    receive.recv().expect("every job gets its outcome")
+}
+
+fn durable_commits_land_like_the_commit_threads(env: &Env) {
+    let Some(wal) = open(env, options()) else {
+        return;
+    };
+    assert!(wal.has_durable_writes());
+    let mut expected = Vec::new();
+    for lsn in 1..=40u64 {
+        let len = (lsn as usize * 311) % 6000;
+        let got = durable_append(&wal, vec![put(lsn, len)]).unwrap();
+        assert_eq!(got, lsn);
+        expected.push((lsn, payload(lsn, len)));
+    }
+    let stats = wal.stats();
+    // 40 records of up to 6 KB in 64 KiB segments: the commits that did not fit rolled on
+    // the commit thread; every other one went through the kernel.
+    assert!(stats.segment_rolls >= 2, "{stats:?}");
+    assert_eq!(stats.commits, 40, "{stats:?}");
+    assert!(
+        stats.durable_commits >= 40 - stats.segment_rolls && stats.durable_commits < 40,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.wal_syncs, 40,
+        "one sync per commit, either way: {stats:?}"
+    );
+    assert_records(&replay_all(&wal), &expected);
+    wal.close().unwrap();
+    let wal = env.open(options()).unwrap();
+    assert_records(&replay_all(&wal), &expected);
+    // Reopened without the option, the same log goes on through the commit thread.
+    drop(wal);
+    let plain = WalOptions {
+        kernel_completion: false,
+        ..options()
+    };
+    let wal = env.open(plain).unwrap();
+    assert!(!wal.has_durable_writes());
+    assert_eq!(wal.append(put(41, 10)).unwrap(), 41);
+    expected.push((41, payload(41, 10)));
+    assert_records(&replay_all(&wal), &expected);
+}
+
+#[test]
+fn durable_commits_land_like_the_commit_threads_on_disk() {
+    durable_commits_land_like_the_commit_threads(&Env::std());
+}
+
+#[test]
+fn durable_commits_land_like_the_commit_threads_simulated() {
+    durable_commits_land_like_the_commit_threads(&Env::sim());
+}
+
+/// On the real disk the completion is signalled on the eventfd, not found by waiting.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_ready_descriptor_signals_the_completion() {
+    let env = Env::std();
+    let Some(wal) = open(&env, options()) else {
+        return;
+    };
+    let fd = wal.durable_ready_fd().expect("Linux AIO offers an eventfd");
+    let (send, receive) = mpsc::channel();
+    wal.submit_durable(vec![(
+        vec![put(1, 100)],
+        Box::new(move |outcome| {
+            let _ = send.send(outcome);
+        }),
+    )]);
+    assert!(receive.try_recv().is_err(), "acknowledged before durable");
+    let mut ready = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the call.
+    let polled = unsafe { libc::poll(&mut ready, 1, 10_000) };
+    assert_eq!(polled, 1, "the eventfd did not become readable");
+    assert!(wal.reap_durable(false), "readable, but nothing to reap");
+    assert_eq!(receive.try_recv().unwrap().unwrap(), 1);
+    assert!(!wal.reap_durable(false), "reaped twice");
+    assert_eq!(wal.stats().durable_commits, 1);
+}
+
+/// A blocking append, a sync and a close behind a commit nobody reaps: the commit thread
+/// ends it, in LSN order, instead of waiting forever for the caller that started it.
+fn work_queued_behind_a_commit_ends_it(env: &Env) {
+    let Some(wal) = open(env, options()) else {
+        return;
+    };
+    let (send, receive) = mpsc::channel();
+    let first = send.clone();
+    wal.submit_durable(vec![(
+        vec![put(1, 500), put(2, 500)],
+        Box::new(move |outcome| {
+            let _ = first.send(outcome);
+        }),
+    )]);
+    // Without reaping: this thread now blocks on work behind the commit in flight.
+    assert_eq!(wal.append(put(3, 10)).unwrap(), 3);
+    assert_eq!(receive.try_recv().unwrap().unwrap(), 1);
+    wal.submit_durable(vec![(
+        vec![put(4, 10)],
+        Box::new(move |outcome| {
+            let _ = send.send(outcome);
+        }),
+    )]);
+    wal.sync().unwrap();
+    assert_eq!(receive.try_recv().unwrap().unwrap(), 4);
+    let (send, receive) = mpsc::channel();
+    wal.submit_durable(vec![(
+        vec![put(5, 10)],
+        Box::new(move |outcome| {
+            let _ = send.send(outcome);
+        }),
+    )]);
+    wal.close().unwrap();
+    assert_eq!(receive.recv().unwrap().unwrap(), 5);
+    let wal = env.open(options()).unwrap();
+    let lsns: Vec<u64> = replay_all(&wal).iter().map(|r| r.0).collect();
+    assert_eq!(lsns, vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn work_queued_behind_a_commit_ends_it_on_disk() {
+    work_queued_behind_a_commit_ends_it(&Env::std());
+}
+
+#[test]
+fn work_queued_behind_a_commit_ends_it_simulated() {
+    work_queued_behind_a_commit_ends_it(&Env::sim());
+}
+
+/// A write whose sync fails is not acknowledged, and nothing after it is: the log is
+/// poisoned, as after a failed fdatasync. Reopened, it holds what was acknowledged.
+#[test]
+fn a_failed_durable_write_poisons_the_log() {
+    let env = Env::sim();
+    let sim = env.sim.clone().unwrap();
+    let wal = env.open(options()).unwrap();
+    assert_eq!(durable_append(&wal, vec![put(1, 100)]).unwrap(), 1);
+    // The next commit's write is the next mutation, its sync the one after.
+    sim.set_plan(FaultPlan {
+        fail_sync_at: [sim.mutation_count() + 2].into(),
+        ..FaultPlan::default()
+    });
+    let err = durable_append(&wal, vec![put(2, 100)]).unwrap_err();
+    assert_eq!(err.code(), "ERR_WAL_POISONED", "{err}");
+    assert!(err.to_string().contains("RWF_DSYNC"), "{err}");
+    let err = durable_append(&wal, vec![put(3, 100)]).unwrap_err();
+    assert_eq!(err.code(), "ERR_WAL_POISONED");
+    assert_eq!(wal.stats().durable_commits, 1);
+    drop(wal);
+    sim.set_plan(FaultPlan::default());
+    let wal = env.open(options()).unwrap();
+    let lsns: Vec<u64> = replay_all(&wal).iter().map(|r| r.0).collect();
+    assert!(lsns == vec![1] || lsns == vec![1, 2], "{lsns:?}");
+}
+
+/// Every crash point of a run of durable commits (some rolling on the commit thread),
+/// under ten tear patterns: after recovery every acknowledged record is intact, the rest
+/// appear only as an intact, contiguous suffix, and the log takes appends again.
+#[test]
+fn every_crash_point_of_durable_commits() {
+    let run = |env: &Env, acked: &mut Vec<(u64, usize)>| -> Vec<(u64, usize)> {
+        let mut attempted = Vec::new();
+        let Ok(wal) = env.open(options()) else {
+            return attempted;
+        };
+        for lsn in 1..=12u64 {
+            let len = 700 + (lsn as usize * 1777) % 9000;
+            attempted.push((lsn, len));
+            match durable_append(&wal, vec![put(lsn, len)]) {
+                Ok(got) => {
+                    assert_eq!(got, lsn);
+                    acked.push((lsn, len));
+                }
+                Err(_) => break,
+            }
+        }
+        attempted
+    };
+    let env = Env::sim();
+    let sim = env.sim.clone().unwrap();
+    let base = sim.mutation_count();
+    run(&env, &mut Vec::new());
+    let steps = sim.mutation_count() - base;
+    assert!(steps > 20, "only {steps} steps");
+    let mut crashes = 0;
+    for step in 1..=steps {
+        let mut policies = vec![TearPolicy::KeepOld, TearPolicy::KeepNew];
+        policies.extend([TearPolicy::Random; 8]);
+        for (variant, policy) in policies.into_iter().enumerate() {
+            let env = Env::sim();
+            let sim = env.sim.clone().unwrap();
+            sim.set_plan(FaultPlan {
+                crash_at: Some(sim.mutation_count() + step),
+                ..FaultPlan::default()
+            });
+            let mut acked = Vec::new();
+            let attempted = run(&env, &mut acked);
+            if sim.is_powered_off() {
+                crashes += 1;
+            } else {
+                sim.power_off();
+            }
+            sim.crash(&mut SimRng::new(step * 17 + variant as u64), policy);
+            let label = format!("crash at step {step}/{steps}, {policy:?} #{variant}");
+            let wal = env
+                .open(options())
+                .unwrap_or_else(|e| panic!("{label}: recovery failed: {e}"));
+            let records = replay_all(&wal);
+            for (i, (lsn, bytes)) in records.iter().enumerate() {
+                assert_eq!(*lsn, i as u64 + 1, "{label}: LSNs not contiguous");
+                let len = attempted
+                    .iter()
+                    .find(|a| a.0 == *lsn)
+                    .unwrap_or_else(|| panic!("{label}: LSN {lsn} was never appended"))
+                    .1;
+                assert!(bytes == &payload(*lsn, len), "{label}: LSN {lsn} torn");
+            }
+            let last = records.last().map_or(0, |r| r.0);
+            if let Some(&(newest, _)) = acked.last() {
+                assert!(
+                    last >= newest,
+                    "{label}: acknowledged LSN {newest} lost (log ends at {last})"
+                );
+            }
+            assert_eq!(
+                durable_append(&wal, vec![put(last + 1, 10)]).unwrap(),
+                last + 1
+            );
+        }
+    }
+    eprintln!("durable commits: {steps} steps × 10 tear patterns, {crashes} crashes");
+    assert!(crashes >= steps * 10, "every step must be a crash");
+}
