@@ -1384,6 +1384,7 @@ export class Wal {
     const inflight = new Inflight(checked.busyPoll)
     try {
       const handle = await callAsync(() => native.NativeWal.open(checkedDir, checked.native, inflight.complete))
+      if (checked.native.kernelCompletion) call(() => handle.watchKernelCompletions(inflight.complete))
       return new Wal(handle, inflight)
     } catch (error) {
       inflight.dispose()
@@ -1399,10 +1400,9 @@ export class Wal {
     const checked = walOptions(options)
     const inflight = new Inflight(checked.busyPoll)
     try {
-      return new Wal(
-        call(() => native.NativeWal.openSync(checkedDir, checked.native, inflight.complete)),
-        inflight,
-      )
+      const handle = call(() => native.NativeWal.openSync(checkedDir, checked.native, inflight.complete))
+      if (checked.native.kernelCompletion) call(() => handle.watchKernelCompletions(inflight.complete))
+      return new Wal(handle, inflight)
     } catch (error) {
       inflight.dispose()
       throw error

@@ -37,6 +37,7 @@ const ORDER = [
   'dw-buffered-pad',
   'dw-off',
   'dw-directio',
+  'dw-kernel',
   'dw-encrypted',
   'dw-pad-sync',
   'dw-mirror-sync',

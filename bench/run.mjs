@@ -507,6 +507,7 @@ function targets(summaries) {
     ['dw-mirror-sync', ' (appendSync, blocking as the device loop)', cycle],
     ['dw-mirror-busy', ' (awaited, busyPoll)', cycle],
     ['dw-pad-busy', ' (awaited, busyPoll)', sqlite],
+    ['dw-kernel', ' (awaited, kernelCompletion)', sqlite],
     ['dw-buffered-pad', '', sqlite],
     ['dw-pad-sync', ' (appendSync, blocking as better-sqlite3)', { ...sqlite, against: 'better-sqlite3' }],
   ]

@@ -83,7 +83,12 @@ fn uv() -> Option<&'static Uv> {
 struct Ctx {
     /// The `uv_poll_t`'s memory (8-byte aligned); libuv uses it until the close callback.
     handle: Box<[u64]>,
-    on_ready: Box<dyn Fn()>,
+    /// Returns whether JS has outcomes to take; then `js` is called.
+    on_ready: Box<dyn Fn() -> bool>,
+    env: sys::napi_env,
+    /// The JS function that takes the outcomes, and the async context its calls run in.
+    js: sys::napi_ref,
+    async_context: sys::napi_async_context,
     /// `uv_close` was called: by the owner's drop or by the environment's teardown.
     closing: Cell<bool>,
     cleanup: Cell<sys::napi_async_cleanup_hook_handle>,
@@ -124,12 +129,68 @@ unsafe extern "C" fn on_readable(handle: *mut c_void, _status: c_int, _events: c
     // SAFETY: libuv calls this only for a started, not yet closed handle.
     let ctx = unsafe { &*ctx_of(handle) };
     // A panic must not unwind into libuv; the core reports its own failures as outcomes.
-    let _ = catch_unwind(AssertUnwindSafe(|| (ctx.on_ready)()));
+    if matches!(
+        catch_unwind(AssertUnwindSafe(|| (ctx.on_ready)())),
+        Ok(true)
+    ) {
+        // SAFETY: on the loop's own thread, between two JS turns; the env, reference and
+        // async context live until the handle's close callback.
+        unsafe { call_js(ctx) };
+    }
+}
+
+/// Calls the JS function as Node calls a callback from its event loop (`MakeCallback`,
+/// whose receiver must be an object: the global one), in a handle scope, with the microtasks it queues run before returning, so the promises
+/// it resolves continue now rather than after the loop's next turn. An exception it
+/// throws (the TS layer's never does) becomes an uncaught exception, as from any callback.
+///
+/// # Safety
+/// Called on the thread of `ctx.env`'s event loop, outside any JS call.
+unsafe fn call_js(ctx: &Ctx) {
+    let env = ctx.env;
+    let mut scope: sys::napi_handle_scope = ptr::null_mut();
+    // SAFETY (each call): `env` is this thread's environment, alive (see above); the
+    // out-pointers are valid locals.
+    unsafe {
+        if sys::napi_open_handle_scope(env, &mut scope) != sys::Status::napi_ok {
+            return;
+        }
+        let mut function: sys::napi_value = ptr::null_mut();
+        let mut receiver: sys::napi_value = ptr::null_mut();
+        let mut result: sys::napi_value = ptr::null_mut();
+        if sys::napi_get_reference_value(env, ctx.js, &mut function) == sys::Status::napi_ok
+            && !function.is_null()
+            && sys::napi_get_global(env, &mut receiver) == sys::Status::napi_ok
+        {
+            let status = sys::napi_make_callback(
+                env,
+                ctx.async_context,
+                receiver,
+                function,
+                0,
+                ptr::null(),
+                &mut result,
+            );
+            if status == sys::Status::napi_pending_exception {
+                let mut error: sys::napi_value = ptr::null_mut();
+                if sys::napi_get_and_clear_last_exception(env, &mut error) == sys::Status::napi_ok {
+                    sys::napi_fatal_exception(env, error);
+                }
+            }
+        }
+        sys::napi_close_handle_scope(env, scope);
+    }
 }
 
 unsafe extern "C" fn on_close(handle: *mut c_void) {
     // SAFETY: the handle's data holds the strong count `ReadyWatch::start` gave it.
     let ctx = unsafe { Rc::from_raw(ctx_of(handle)) };
+    // SAFETY: on the loop's thread, the environment not yet gone (a teardown waits for
+    // the cleanup hook removed below); neither is used after this.
+    unsafe {
+        sys::napi_delete_reference(ctx.env, ctx.js);
+        sys::napi_async_destroy(ctx.env, ctx.async_context);
+    }
     let cleanup = ctx.cleanup.replace(ptr::null_mut());
     if !cleanup.is_null() {
         // SAFETY: the hook was added with this handle and not removed yet; removing it
@@ -149,9 +210,15 @@ unsafe extern "C" fn on_teardown(_hook: sys::napi_async_cleanup_hook_handle, arg
 
 impl ReadyWatch {
     /// Watches `fd` on `env`'s event loop and calls `on_ready` on the JS thread each time
-    /// it is readable. The watch does not keep the loop alive. `None` where libuv's
-    /// functions are not available or refuse the descriptor.
-    pub fn start(env: &Env, fd: i32, on_ready: Box<dyn Fn()>) -> Option<ReadyWatch> {
+    /// it is readable, then, when it returns `true`, the JS function `js` (no arguments).
+    /// The watch does not keep the loop alive. `None` where libuv's functions are not
+    /// available or refuse the descriptor.
+    pub fn start(
+        env: &Env,
+        fd: i32,
+        on_ready: Box<dyn Fn() -> bool>,
+        js: sys::napi_value,
+    ) -> Option<ReadyWatch> {
         let uv = uv()?;
         let event_loop = env.get_uv_event_loop().ok()?;
         // SAFETY: plain function returning a size.
@@ -159,9 +226,36 @@ impl ReadyWatch {
         if size == 0 {
             return None;
         }
+        let raw_env = env.raw();
+        let mut js_ref: sys::napi_ref = ptr::null_mut();
+        let mut async_context: sys::napi_async_context = ptr::null_mut();
+        let mut name: sys::napi_value = ptr::null_mut();
+        // SAFETY: on the JS thread of `env`, with `js` a live value of this call's scope;
+        // the out-pointers are valid locals. On failure what was created is released.
+        unsafe {
+            if sys::napi_create_reference(raw_env, js, 1, &mut js_ref) != sys::Status::napi_ok {
+                return None;
+            }
+            let named = sys::napi_create_string_utf8(
+                raw_env,
+                c"doublewrite:kernelCompletion".as_ptr(),
+                28,
+                &mut name,
+            );
+            if named != sys::Status::napi_ok
+                || sys::napi_async_init(raw_env, ptr::null_mut(), name, &mut async_context)
+                    != sys::Status::napi_ok
+            {
+                sys::napi_delete_reference(raw_env, js_ref);
+                return None;
+            }
+        }
         let ctx = Rc::new(Ctx {
             handle: vec![0u64; size.div_ceil(8)].into_boxed_slice(),
             on_ready,
+            env: raw_env,
+            js: js_ref,
+            async_context,
             closing: Cell::new(false),
             cleanup: Cell::new(ptr::null_mut()),
         });
@@ -169,6 +263,11 @@ impl ReadyWatch {
         // SAFETY: `handle` is writable memory of uv_handle_size(UV_POLL) bytes, aligned
         // for a pointer, alive as long as `ctx`; `event_loop` is this thread's loop.
         if unsafe { (uv.poll_init)(event_loop.cast(), handle, fd) } != 0 {
+            // SAFETY: as above; nothing else holds them.
+            unsafe {
+                sys::napi_delete_reference(raw_env, js_ref);
+                sys::napi_async_destroy(raw_env, async_context);
+            }
             return None;
         }
         // From here the handle exists and must be closed: its data holds one count.

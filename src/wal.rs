@@ -443,30 +443,17 @@ impl NativeWal {
             .ok_or_else(closed)
     }
 
-    fn from_wal(env: &Env, wal: Wal, completions: CompletionFn) -> NativeWal {
+    fn from_wal(wal: Wal, completions: CompletionFn) -> NativeWal {
         let completions = Arc::new(completions);
         let hook = completions.clone();
         wal.set_completion_hook(Some(Arc::new(move || notify(&hook))));
         let wal = Arc::new(wal);
-        let watch = wal.durable_ready_fd().and_then(|fd| {
-            let weak = Arc::downgrade(&wal);
-            ReadyWatch::start(
-                env,
-                fd,
-                Box::new(move || {
-                    if let Some(wal) = weak.upgrade() {
-                        // The completion hook tells JS to take the outcomes.
-                        wal.reap_durable(false);
-                    }
-                }),
-            )
-        });
         NativeWal {
             outbox: completions.outbox.clone(),
             state: Mutex::new(Some(OpenState {
                 wal,
                 completions,
-                watch,
+                watch: None,
             })),
         }
     }
@@ -490,7 +477,6 @@ impl NativeWal {
     /// of `submitPacked` jobs wait in the outbox (see `takeCompletions`).
     #[napi(factory)]
     pub fn open_sync(
-        env: Env,
         dir: String,
         options: WalOpenOptions,
         #[napi(ts_arg_type = "() => void")] on_complete: Function<'_, (), ()>,
@@ -499,7 +485,7 @@ impl NativeWal {
         let completions = completion_fn(on_complete)?;
         let wal =
             Wal::open_with_keys(Arc::new(StdVfs), Path::new(&dir), options, keys).into_napi()?;
-        Ok(NativeWal::from_wal(&env, wal, completions))
+        Ok(NativeWal::from_wal(wal, completions))
     }
 
     /// Opens and recovers the WAL on the libuv pool.
@@ -516,6 +502,38 @@ impl NativeWal {
             keys,
             completions: Some(completion_fn(on_complete)?),
         }))
+    }
+
+    /// With `kernelCompletion`: watches the WAL's completion descriptor on this thread's
+    /// event loop, so that from now on an append that finds the writer idle commits here
+    /// through the kernel, and its completion calls `onComplete` (the function given at
+    /// open) straight from the loop. `false`, changing nothing, where the WAL has no such
+    /// channel or libuv's poll handle is unavailable. Call once, right after open.
+    #[napi]
+    pub fn watch_kernel_completions(
+        &self,
+        env: Env,
+        #[napi(ts_arg_type = "() => void")] on_complete: Function<'_, (), ()>,
+    ) -> Result<bool> {
+        let mut slot = self.slot();
+        let Some(state) = slot.as_mut() else {
+            return Err(closed());
+        };
+        if state.watch.is_some() {
+            return Ok(true);
+        }
+        let Some(fd) = state.wal.durable_ready_fd() else {
+            return Ok(false);
+        };
+        let weak = Arc::downgrade(&state.wal);
+        let outbox = state.completions.outbox.clone();
+        let on_ready = Box::new(move || {
+            let reaped = weak.upgrade().is_some_and(|wal| wal.reap_durable_quietly());
+            // Outcomes wait (this commit's, maybe others'): JS takes them now.
+            reaped && !lock_outbox(&outbox).tickets.is_empty()
+        });
+        state.watch = ReadyWatch::start(&env, fd, on_ready, napi::JsValue::raw(&on_complete));
+        Ok(state.watch.is_some())
     }
 
     /// Queues the jobs packed in the first `metaUsed` words of `meta`, in `payloads` and
@@ -762,12 +780,12 @@ impl Task for OpenWal {
         .into_napi()
     }
 
-    fn resolve(&mut self, env: Env, wal: Wal) -> Result<NativeWal> {
+    fn resolve(&mut self, _env: Env, wal: Wal) -> Result<NativeWal> {
         let completions = self
             .completions
             .take()
             .expect("resolve runs once, after compute");
-        Ok(NativeWal::from_wal(&env, wal, completions))
+        Ok(NativeWal::from_wal(wal, completions))
     }
 }
 

@@ -23,6 +23,8 @@ export const OUR_CONFIGS = {
   'dw-off': { dwbMode: 'off' },
   // Segments opened with O_DIRECT (the DWB then defaults to direct); every commit pads.
   'dw-directio': { directIo: true },
+  // The same, with an idle awaited append committed on the JS thread through the kernel.
+  'dw-kernel': { directIo: true, kernelCompletion: true },
   // The defaults plus AES-256-GCM at rest (a fixed benchmark key).
   'dw-encrypted': {
     dwbMode: 'buffered',
@@ -52,6 +54,7 @@ export const DESCRIPTIONS = {
   'dw-buffered-pad': "doublewrite, dwbMode 'buffered', tailProtection 'pad' (one sync per commit)",
   'dw-off': "doublewrite, dwbMode 'off' (no DWB; commits padded to a block)",
   'dw-directio': 'doublewrite, directIo: true (O_DIRECT segments and DWB; commits padded)',
+  'dw-kernel': 'doublewrite, directIo: true plus kernelCompletion: true (an idle awaited append is written with RWF_DSYNC through Linux AIO from the JS thread; the event loop watches the completion)',
   'dw-pad-sync': "doublewrite, tailProtection 'pad' through appendSync / appendBatchSync: blocks the JS thread for each commit, as better-sqlite3 does",
   'dw-mirror-sync': "doublewrite, the defaults through appendSync / appendBatchSync: blocks the JS thread for each commit",
   'dw-pad-busy': "doublewrite, tailProtection 'pad', busyPoll: true (awaited; the event loop turns instead of sleeping while a commit is in flight)",

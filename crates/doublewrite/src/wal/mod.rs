@@ -809,7 +809,13 @@ impl Wal {
     /// in flight, it is still running (without `wait`), or another thread is ending it.
     /// Call it when [`Wal::durable_ready_fd`] becomes readable.
     pub fn reap_durable(&self, wait: bool) -> bool {
-        reap_durable(&self.shared, wait)
+        reap_durable(&self.shared, wait, true)
+    }
+
+    /// [`Wal::reap_durable`] without waiting and without the completion hook: for a
+    /// binding that hands the outcomes to its caller itself, on the thread it reaps on.
+    pub fn reap_durable_quietly(&self) -> bool {
+        reap_durable(&self.shared, false, false)
     }
 
     /// The descriptor [`Wal::submit_durable`]'s commits signal when their write completes
@@ -1007,8 +1013,8 @@ fn release_inline(shared: &Shared) {
     }
 }
 
-/// See [`Wal::reap_durable`].
-fn reap_durable(shared: &Shared, wait: bool) -> bool {
+/// See [`Wal::reap_durable`]; `hook`: run the completion hook after the callbacks.
+fn reap_durable(shared: &Shared, wait: bool, hook: bool) -> bool {
     let Some(durable) = &shared.durable else {
         return false;
     };
@@ -1047,9 +1053,11 @@ fn reap_durable(shared: &Shared, wait: bool) -> bool {
         });
         lsn += records;
     }
-    let hook = lock(&shared.completion_hook).clone();
-    if let Some(hook) = hook {
-        hook();
+    if hook {
+        let hook = lock(&shared.completion_hook).clone();
+        if let Some(hook) = hook {
+            hook();
+        }
     }
     true
 }
@@ -1072,7 +1080,7 @@ fn next_jobs(shared: &Shared, poller: &mut Poller) -> Option<Vec<Job>> {
             // Work waits behind a commit in flight in the kernel: end it here rather
             // than wait for its caller (who may be blocked on that very work).
             drop(queue);
-            reap_durable(shared, true);
+            reap_durable(shared, true, true);
             queue = lock(&shared.queue);
             continue;
         }
