@@ -36,10 +36,8 @@ fn open(env: &Env, options: WalOptions) -> Option<Wal> {
     }
 }
 
-/// Submits `records` through `submit_durable` and waits for the outcome the way a binding
-/// would: reap once the commit completes (a commit that went to the commit thread
-/// instead is waited for through its callback).
-fn durable_append(wal: &Wal, records: Vec<RecordInput>) -> doublewrite::Result<u64> {
+/// Submits `records` through `submit_durable`; the outcome arrives on the receiver.
+fn submit(wal: &Wal, records: Vec<RecordInput>) -> mpsc::Receiver<doublewrite::Result<u64>> {
     let (send, receive) = mpsc::channel();
     wal.submit_durable(vec![(
         records,
@@ -47,6 +45,14 @@ fn durable_append(wal: &Wal, records: Vec<RecordInput>) -> doublewrite::Result<u
             let _ = send.send(outcome);
         }),
     )]);
+    receive
+}
+
+/// Submits `records` through `submit_durable` and waits for the outcome the way a binding
+/// would: reap once the commit completes (a commit that went to the commit thread
+/// instead is waited for through its callback).
+fn durable_append(wal: &Wal, records: Vec<RecordInput>) -> doublewrite::Result<u64> {
+    let receive = submit(wal, records);
     wal.reap_durable(true);
     receive.recv().expect("every job gets its outcome")
 }
@@ -112,13 +118,7 @@ fn the_ready_descriptor_signals_the_completion() {
         return;
     };
     let fd = wal.durable_ready_fd().expect("Linux AIO offers an eventfd");
-    let (send, receive) = mpsc::channel();
-    wal.submit_durable(vec![(
-        vec![put(1, 100)],
-        Box::new(move |outcome| {
-            let _ = send.send(outcome);
-        }),
-    )]);
+    let receive = submit(&wal, vec![put(1, 100)]);
     assert!(receive.try_recv().is_err(), "acknowledged before durable");
     let mut ready = libc::pollfd {
         fd,
@@ -140,34 +140,16 @@ fn work_queued_behind_a_commit_ends_it(env: &Env) {
     let Some(wal) = open(env, options()) else {
         return;
     };
-    let (send, receive) = mpsc::channel();
-    let first = send.clone();
-    wal.submit_durable(vec![(
-        vec![put(1, 500), put(2, 500)],
-        Box::new(move |outcome| {
-            let _ = first.send(outcome);
-        }),
-    )]);
+    let first = submit(&wal, vec![put(1, 500), put(2, 500)]);
     // Without reaping: this thread now blocks on work behind the commit in flight.
     assert_eq!(wal.append(put(3, 10)).unwrap(), 3);
-    assert_eq!(receive.try_recv().unwrap().unwrap(), 1);
-    wal.submit_durable(vec![(
-        vec![put(4, 10)],
-        Box::new(move |outcome| {
-            let _ = send.send(outcome);
-        }),
-    )]);
+    assert_eq!(first.try_recv().unwrap().unwrap(), 1);
+    let fourth = submit(&wal, vec![put(4, 10)]);
     wal.sync().unwrap();
-    assert_eq!(receive.try_recv().unwrap().unwrap(), 4);
-    let (send, receive) = mpsc::channel();
-    wal.submit_durable(vec![(
-        vec![put(5, 10)],
-        Box::new(move |outcome| {
-            let _ = send.send(outcome);
-        }),
-    )]);
+    assert_eq!(fourth.try_recv().unwrap().unwrap(), 4);
+    let fifth = submit(&wal, vec![put(5, 10)]);
     wal.close().unwrap();
-    assert_eq!(receive.recv().unwrap().unwrap(), 5);
+    assert_eq!(fifth.recv().unwrap().unwrap(), 5);
     let wal = env.open(options()).unwrap();
     let lsns: Vec<u64> = replay_all(&wal).iter().map(|r| r.0).collect();
     assert_eq!(lsns, vec![1, 2, 3, 4, 5]);

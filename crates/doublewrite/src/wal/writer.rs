@@ -432,16 +432,8 @@ impl Writer {
             return Err(e);
         }
         let pad_len = self.padding_for(base, &body, &spans, force_pad);
-        if pad_len > 0 {
-            let at = body.len();
-            encode_padding_into(&mut body, pad_len as usize, first_lsn);
-            spans.push(RecordSpan {
-                offset: at as u64,
-                len: pad_len as u32,
-                user: false,
-            });
-            self.stats.padding_bytes += pad_len;
-        }
+        append_padding(&mut body, &mut spans, pad_len, first_lsn);
+        self.stats.padding_bytes += pad_len;
         let end = base + body.len() as u64;
         let deferred = matches!(protected, Protected::Deferred { .. });
         if let Err(e) = self.write_wal(base, &body) {
@@ -515,15 +507,7 @@ impl Writer {
             // A roll or a grown segment: synchronous work for the usual path.
             return Ok(None);
         }
-        if padding > 0 {
-            let at = body.len();
-            encode_padding_into(&mut body, padding as usize, first_lsn);
-            spans.push(RecordSpan {
-                offset: at as u64,
-                len: padding as u32,
-                user: false,
-            });
-        }
+        append_padding(&mut body, &mut spans, padding, first_lsn);
         let end = base + body.len() as u64;
         let Some(mut buf) = self.durable_buf.take() else {
             return Ok(None);
@@ -1165,6 +1149,20 @@ impl Writer {
     pub(crate) fn dwb(&self) -> Option<&DoubleWriteBuffer> {
         self.dwb.as_ref()
     }
+}
+
+/// Ends a commit's bytes with a padding record of `len` bytes (none when `len` is 0).
+fn append_padding(body: &mut Vec<u8>, spans: &mut Vec<RecordSpan>, len: u64, first_lsn: u64) {
+    if len == 0 {
+        return;
+    }
+    let at = body.len();
+    encode_padding_into(body, len as usize, first_lsn);
+    spans.push(RecordSpan {
+        offset: at as u64,
+        len: len as u32,
+        user: false,
+    });
 }
 
 fn open_segment_error(path: &Path, e: std::io::Error) -> Error {
