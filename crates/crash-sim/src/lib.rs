@@ -104,6 +104,9 @@ impl CaseConfig {
             rotate_at_open: 1 + extra.below(4),
         });
         let linux_failed_writeback = extra.chance(1, 2);
+        // Half the direct-I/O cases commit idle appends through the kernel's durable
+        // writes (`kernel_completion`: the write lands unsynced and is synced on reaping).
+        options.kernel_completion = options.direct_io && extra.chance(1, 2);
         CaseConfig {
             seed,
             options,
@@ -453,7 +456,20 @@ impl Machine {
         let batch = self.pick_batch();
         let ids: Vec<u64> = batch.iter().map(|b| b.0).collect();
         let records = batch.into_iter().map(|b| b.1).collect();
-        let result = wal.append_batch(records);
+        let result = if wal.has_durable_writes() {
+            // Started on this thread where the writer is idle, reaped as a binding would.
+            let (send, receive) = mpsc::channel();
+            wal.submit_durable(vec![(
+                records,
+                Box::new(move |result| {
+                    let _ = send.send(result);
+                }),
+            )]);
+            wal.reap_durable(true);
+            receive.recv().unwrap_or(Err(Error::Closed { what: "WAL" }))
+        } else {
+            wal.append_batch(records)
+        };
         self.trace(format_args!(
             "append {} records (ids {:?}..) -> {:?}",
             ids.len(),

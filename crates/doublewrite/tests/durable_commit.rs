@@ -269,3 +269,33 @@ fn every_crash_point_of_durable_commits() {
     eprintln!("durable commits: {steps} steps × 10 tear patterns, {crashes} crashes");
     assert!(crashes >= steps * 10, "every step must be a crash");
 }
+
+/// A durable write refused for lack of space is a failed write, not a failed sync: it is
+/// undone (its leftovers zeroed and synced) and its LSNs come back, so the log goes on
+/// once space returns, as on the usual path. (The crash simulator found the difference.)
+#[test]
+fn a_durable_write_without_space_is_undone_not_poisoned() {
+    let env = Env::sim();
+    let sim = env.sim.clone().unwrap();
+    let wal = env.open(options()).unwrap();
+    assert_eq!(durable_append(&wal, vec![put(1, 100)]).unwrap(), 1);
+    sim.set_plan(FaultPlan {
+        no_space_at: [sim.mutation_count() + 1].into(),
+        ..FaultPlan::default()
+    });
+    let err = durable_append(&wal, vec![put(2, 3000)]).unwrap_err();
+    assert_eq!(err.code(), "ERR_NO_SPACE", "{err}");
+    sim.set_plan(FaultPlan::default());
+    assert_eq!(
+        durable_append(&wal, vec![put(2, 50)]).unwrap(),
+        2,
+        "the LSN comes back"
+    );
+    assert_eq!(wal.stats().durable_commits, 2);
+    drop(wal);
+    let wal = env.open(options()).unwrap();
+    assert_records(
+        &replay_all(&wal),
+        &[(1, payload(1, 100)), (2, payload(2, 50))],
+    );
+}

@@ -540,8 +540,10 @@ impl Writer {
 
     /// Ends a commit started by [`Writer::start_durable_commit`] with the channel's
     /// outcome and gives back its buffer: on success the records are acknowledged, as
-    /// after step 3 of [`Writer::commit`]; a failed or short write poisons the writer, as
-    /// a failed fdatasync does (the range is in an unknown state).
+    /// after step 3 of [`Writer::commit`]; a write refused for lack of space is undone as
+    /// the usual path undoes a failed write (nothing of it was synced); any other failure,
+    /// or a short write, poisons the writer, as a failed fdatasync does (the range is in
+    /// an unknown state: the error may be the flush's).
     pub(crate) fn finish_durable_commit(
         &mut self,
         commit: DurableCommit,
@@ -561,6 +563,17 @@ impl Writer {
         let failure = match outcome {
             Ok(written) if written as u64 == span => None,
             Ok(written) => Some(format!("wrote {written} of {span} bytes")),
+            Err(e) if io::is_no_space(&e) => {
+                // No space: the write itself failed, before anything of it was synced —
+                // as a failed write of the usual path: its leftovers are zeroed and synced,
+                // and its LSNs come back (under encryption, with a fresh segment next).
+                self.active.dirty_end = self.active.dirty_end.max(base + span);
+                if self.keys.is_some() {
+                    self.fresh_segment_needed = true;
+                }
+                let error = Error::io("write WAL segment", &self.active.path, e);
+                return Err(self.undo_failed_write(error, Protected::Done));
+            }
             Err(e) => Some(e.to_string()),
         };
         if let Some(failure) = failure {
