@@ -505,6 +505,17 @@ directTest(`kernelCompletion: a process with a commit in flight in the kernel st
   t.is(wal.recovery.lastLsn, 1n)
 })
 
+directTest(`kernelCompletion: once nothing is in flight the event loop sleeps, also after the commit thread reaped commits, so an idle process uses no CPU and exits on its own${directNote}`, async (t) => {
+  const dir = tempDir(t, 'wal')
+  const child = await execFileAsync(process.execPath, [path.join(fixtures, 'busy-poll-child.mjs'), dir, 'kernel'], { timeout: 30_000 })
+  const report = JSON.parse(child.stdout) as { lastLsn: string; idleCpuMs: number }
+  t.is(report.lastLsn, '174')
+  // A watch firing on a stale completion signal would use most of the 300 ms.
+  t.true(report.idleCpuMs < 100, `the idle process used ${report.idleCpuMs} ms of CPU in 300 ms`)
+  const wal = await openWal(t, dir, KERNEL)
+  t.is(wal.recovery.lastLsn, 174n)
+})
+
 test('kernelCompletion must be a boolean, and needs directIo', async (t) => {
   const dir = tempDir(t, 'wal')
   for (const value of [1, 'yes', null, {}]) {

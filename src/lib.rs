@@ -21,5 +21,9 @@ pub mod dwb;
 pub mod error;
 pub mod record;
 pub mod tools;
+#[cfg(target_os = "linux")]
+mod uv;
+#[cfg(not(target_os = "linux"))]
+#[path = "uv_none.rs"]
 mod uv;
 pub mod wal;

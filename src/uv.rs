@@ -81,8 +81,9 @@ fn uv() -> Option<&'static Uv> {
 
 /// What the handle, the cleanup hook and the owner share.
 struct Ctx {
-    /// The `uv_poll_t`'s memory (8-byte aligned); libuv uses it until the close callback.
-    handle: Box<[u64]>,
+    /// The `uv_poll_t`'s memory (8-byte aligned): libuv writes it through this pointer
+    /// until the close callback; freed with the `Ctx`.
+    handle: ptr::NonNull<[u64]>,
     /// Returns whether JS has outcomes to take; then `js` is called.
     on_ready: Box<dyn Fn() -> bool>,
     env: sys::napi_env,
@@ -98,7 +99,18 @@ impl Ctx {
     fn handle_ptr(&self) -> *mut c_void {
         self.handle.as_ptr() as *mut c_void
     }
+}
 
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `Box::into_raw` in `ReadyWatch::start` and freed only here;
+        // the last count drops after libuv's close callback (or without the handle ever
+        // being initialised), so libuv no longer uses the memory.
+        drop(unsafe { Box::from_raw(self.handle.as_ptr()) });
+    }
+}
+
+impl Ctx {
     /// Closes the handle once; the close callback frees it and ends the cleanup hook.
     fn close(&self, uv: &Uv) {
         if self.closing.replace(true) {
@@ -251,7 +263,8 @@ impl ReadyWatch {
             }
         }
         let ctx = Rc::new(Ctx {
-            handle: vec![0u64; size.div_ceil(8)].into_boxed_slice(),
+            // A raw allocation, not a `Box` field: libuv writes it while `Ctx` is shared.
+            handle: ptr::NonNull::from(Box::leak(vec![0u64; size.div_ceil(8)].into_boxed_slice())),
             on_ready,
             env: raw_env,
             js: js_ref,

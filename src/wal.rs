@@ -408,11 +408,12 @@ fn known_types(extra: Option<Vec<u32>>) -> Option<BTreeSet<u32>> {
 }
 
 struct OpenState {
+    /// With `kernelCompletion`: the event loop's watch of the WAL's completion eventfd;
+    /// while it exists, appends commit on this thread where they can. Declared first, so
+    /// dropped first: libuv stops polling the descriptor before the WAL can close it.
+    watch: Option<ReadyWatch>,
     wal: Arc<Wal>,
     completions: Arc<CompletionFn>,
-    /// With `kernelCompletion`: the event loop's watch of the WAL's completion eventfd;
-    /// while it exists, appends commit on this thread where they can.
-    watch: Option<ReadyWatch>,
 }
 
 /// Every method takes `&self`: napi-rs keeps a method's borrow of the object until an
@@ -451,9 +452,9 @@ impl NativeWal {
         NativeWal {
             outbox: completions.outbox.clone(),
             state: Mutex::new(Some(OpenState {
+                watch: None,
                 wal,
                 completions,
-                watch: None,
             })),
         }
     }

@@ -169,6 +169,11 @@ impl AioDsync {
     /// has no AIO (or a seccomp profile refuses it): the caller writes and syncs instead.
     pub fn new() -> std::io::Result<AioDsync> {
         use std::os::fd::FromRawFd;
+        if cfg!(target_endian = "big") {
+            // `Iocb` lays out `aio_key` / `aio_rw_flags` in little-endian order; on a
+            // big-endian target RWF_DSYNC would land in the key and not be honoured.
+            return Err(std::io::Error::from(std::io::ErrorKind::Unsupported));
+        }
         // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor
         // that nothing else owns.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -186,6 +191,13 @@ impl AioDsync {
             eventfd,
             in_flight: None,
         })
+    }
+
+    fn clear_signal(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads 8 bytes into `count`, a valid u64; the eventfd is non-blocking,
+        // so this only clears a pending signal (EAGAIN when there is none).
+        let _ = unsafe { libc::read(self.ready_fd(), (&mut count as *mut u64).cast(), 8) };
     }
 
     /// The eventfd: readable once a write has completed (reaping reads it back to zero).
@@ -247,11 +259,11 @@ impl AioDsync {
         &mut self,
         wait: bool,
     ) -> Option<(std::io::Result<usize>, crate::align::AlignedBuf)> {
+        // Cleared first, even with nothing in flight: a signal that outlived the reaping
+        // of its write (the kernel signals after queueing the event) must not leave the
+        // descriptor readable for an event loop to spin on.
+        self.clear_signal();
         self.in_flight.as_ref()?;
-        let mut count: u64 = 0;
-        // SAFETY: reads 8 bytes into `count`, a valid u64; the eventfd is non-blocking,
-        // so this only clears a pending signal (EAGAIN when there is none).
-        let _ = unsafe { libc::read(self.ready_fd(), (&mut count as *mut u64).cast(), 8) };
         let mut event = [IoEvent::default()];
         let zero = libc::timespec {
             tv_sec: 0,

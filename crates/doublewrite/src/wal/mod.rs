@@ -927,6 +927,14 @@ impl Wal {
         self.shared.wake.notify_all();
     }
 
+    /// Test hook: whether the writer is idle (nothing queued, committing or claimed), so
+    /// that the next append may commit on its caller's thread.
+    #[doc(hidden)]
+    pub fn is_idle(&self) -> bool {
+        let queue = lock(&self.shared.queue);
+        !queue.committing && !queue.inline && queue.jobs.is_empty()
+    }
+
     pub fn is_closed(&self) -> bool {
         lock(&self.shared.queue).closing
     }
@@ -1028,6 +1036,10 @@ fn reap_durable(shared: &Shared, wait: bool, hook: bool) -> bool {
         }
     };
     if durable.in_flight.is_none() {
+        // A completion's signal can outlive its reaping (the kernel signals after it
+        // queues the event, and the commit thread may have reaped it): clear it, or an
+        // event loop watching the descriptor would find it readable turn after turn.
+        let _ = durable.channel.finish(false);
         return false;
     }
     let Some((outcome, buf)) = durable.channel.finish(wait) else {
@@ -1118,13 +1130,14 @@ fn commit_loop(shared: Arc<Shared>) {
             shared.publish(writer);
             completions
         };
-        // The writer is free before anyone hears of the outcome: a caller that commits
-        // again on its own thread as soon as it does finds the writer idle, not this
-        // thread still between two units of work.
-        lock(&shared.queue).committing = false;
         for complete in completions {
             complete();
         }
+        // Free once every outcome of the unit is delivered (so a commit started on a
+        // caller's thread reports after them) and before the hook tells anyone: a caller
+        // that commits again as soon as it hears finds the writer idle, not this thread
+        // still between two units of work.
+        lock(&shared.queue).committing = false;
         let hook = lock(&shared.completion_hook).clone();
         if let Some(hook) = hook {
             hook();
