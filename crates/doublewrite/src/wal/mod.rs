@@ -799,8 +799,10 @@ impl Wal {
             .map(|(records, done)| (records.len() as u64, done))
             .collect();
         durable.in_flight = Some(InFlight { commit, jobs });
-        drop(durable);
+        // Marked before the channel is released, so nobody can reap it (and free the
+        // writer) before it is known to be in flight.
         claim.keep_for_durable();
+        drop(durable);
     }
 
     /// Ends the commit [`Wal::submit_durable`] started, if its write has completed (with
