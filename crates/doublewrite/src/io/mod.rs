@@ -126,8 +126,8 @@ pub fn sync_one_then_other(
 
 /// Writes that are durable when they complete and complete later, one in flight at a
 /// time: the write and its fdatasync in one request the kernel finishes on its own, so a
-/// thread can start a commit and sleep in its event loop until the completion wakes it —
-/// one wake-up per commit where a commit thread costs two (docs/PERFORMANCE.md §2).
+/// thread can start a commit and sleep in its event loop until the completion wakes it,
+/// with no thread of ours in between (docs/PERFORMANCE.md §2).
 ///
 /// A completed write is durable for its own range only (Linux `RWF_DSYNC` syncs the range
 /// it wrote, not the file's other dirty pages): use it on files opened with

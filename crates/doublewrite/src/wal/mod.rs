@@ -162,11 +162,12 @@ pub struct WalOptions {
     /// instead of zero-filling a whole segment inside a commit. Off by default here (the
     /// simulator needs every I/O on one thread to replay a seed); the Node API turns it on.
     pub prepare_segments: bool,
-    /// Offer [`Wal::start_durable_commit`]: a commit started on the caller's thread whose
+    /// Offer [`Wal::submit_durable`]: a commit started on the caller's thread whose
     /// write the kernel makes durable and completes on its own (Linux AIO with
-    /// `RWF_DSYNC`), signalling [`Wal::durable_ready_fd`] — one wake-up per awaited
-    /// commit instead of two through the commit thread. Needs `direct_io`; where the
-    /// file system has no such channel the WAL opens without it.
+    /// `RWF_DSYNC`), signalling [`Wal::durable_ready_fd`]: the kernel wakes the caller's
+    /// thread itself, without the commit thread's hand-offs (docs/PERFORMANCE.md §2).
+    /// Needs `direct_io`; where the file system has no such channel the WAL opens
+    /// without it.
     pub kernel_completion: bool,
     #[doc(hidden)]
     pub weakness: Option<Weakness>,
@@ -317,7 +318,7 @@ struct Queue {
     durable_in_flight: bool,
 }
 
-/// The channel of [`Wal::start_durable_commit`] and the commit in flight through it.
+/// The channel of [`Wal::submit_durable`] and the commit in flight through it.
 struct Durable {
     channel: Box<dyn DurableWrites>,
     in_flight: Option<InFlight>,
@@ -364,6 +365,14 @@ impl Shared {
     /// returns must see its own record.
     fn publish(&self, writer: &Writer) {
         *lock(&self.view) = view_of(writer, &self.options);
+    }
+
+    /// Runs the completion hook, if one is set (cloned out, so it runs unlocked).
+    fn run_completion_hook(&self) {
+        let hook = lock(&self.completion_hook).clone();
+        if let Some(hook) = hook {
+            hook();
+        }
     }
 }
 
@@ -683,27 +692,27 @@ impl Wal {
     /// [`Wal::submit_append`] for several callers at once: all are queued under one lock
     /// and the commit thread is woken once. Each job still gets its own LSNs and outcome.
     pub fn submit_many(&self, jobs: Vec<(Vec<RecordInput>, AppendCallback)>) {
-        let mut valid = Vec::with_capacity(jobs.len());
-        for (records, done) in jobs {
-            match records.iter().find_map(|r| r.check().err()) {
-                Some(e) => done(Err(e.into())),
-                None => valid.push(Job::Append { records, done }),
-            }
-        }
+        self.queue_valid(reject_invalid(jobs));
+    }
+
+    /// Queues jobs whose records were checked, under one lock and with one wake-up.
+    fn queue_valid(&self, valid: Vec<(Vec<RecordInput>, AppendCallback)>) {
         if valid.is_empty() {
             return;
         }
         let mut queue = lock(&self.shared.queue);
         if queue.closing {
             drop(queue);
-            for job in valid {
-                if let Job::Append { done, .. } = job {
-                    done(Err(Error::wal_closed()));
-                }
+            for (_, done) in valid {
+                done(Err(Error::wal_closed()));
             }
             return;
         }
-        queue.jobs.extend(valid);
+        queue.jobs.extend(
+            valid
+                .into_iter()
+                .map(|(records, done)| Job::Append { records, done }),
+        );
         drop(queue);
         self.shared.wake.notify_one();
     }
@@ -756,25 +765,16 @@ impl Wal {
         let Some(durable) = &self.shared.durable else {
             return self.submit_many(jobs);
         };
-        let mut valid = Vec::with_capacity(jobs.len());
-        let mut bytes: u64 = 0;
-        for (records, done) in jobs {
-            match records.iter().find_map(|r| r.check().err()) {
-                Some(e) => done(Err(e.into())),
-                None => {
-                    bytes += records.iter().map(|r| r.payload.len() as u64).sum::<u64>();
-                    valid.push((records, done));
-                }
-            }
-        }
-        if valid.is_empty() {
-            return;
-        }
-        if bytes > self.shared.options.max_commit_bytes {
-            return self.submit_many(valid);
+        let valid = reject_invalid(jobs);
+        let bytes: u64 = valid
+            .iter()
+            .map(|(records, _)| payload_bytes(records))
+            .sum();
+        if valid.is_empty() || bytes > self.shared.options.max_commit_bytes {
+            return self.queue_valid(valid);
         }
         let Some(claim) = InlineClaim::take(&self.shared) else {
-            return self.submit_many(valid);
+            return self.queue_valid(valid);
         };
         let mut durable = lock(durable);
         let started = {
@@ -792,7 +792,7 @@ impl Wal {
         let Ok(Some(commit)) = started else {
             drop(durable);
             drop(claim);
-            return self.submit_many(valid);
+            return self.queue_valid(valid);
         };
         let jobs = valid
             .into_iter()
@@ -1059,21 +1059,48 @@ fn reap_durable(shared: &Shared, wait: bool, hook: bool) -> bool {
     };
     drop(durable);
     release_inline(shared);
-    let mut lsn = result.as_ref().copied().unwrap_or(0);
-    for (records, done) in jobs {
-        done(match &result {
-            Ok(_) => Ok(lsn),
-            Err(e) => Err(e.clone()),
-        });
-        lsn += records;
-    }
+    for_each_outcome(&result, jobs, |done, outcome| done(outcome));
     if hook {
-        let hook = lock(&shared.completion_hook).clone();
-        if let Some(hook) = hook {
-            hook();
-        }
+        shared.run_completion_hook();
     }
     true
+}
+
+/// Each job's outcome of a commit whose first LSN (or error) is `result`: the job of
+/// `count` records gets the LSN after the previous job's, in order.
+fn for_each_outcome(
+    result: &Result<u64>,
+    jobs: impl IntoIterator<Item = (u64, AppendCallback)>,
+    mut deliver: impl FnMut(AppendCallback, Result<u64>),
+) {
+    let mut lsn = result.as_ref().copied().unwrap_or(0);
+    for (count, done) in jobs {
+        let outcome = match result {
+            Ok(_) => Ok(lsn),
+            Err(e) => Err(e.clone()),
+        };
+        deliver(done, outcome);
+        lsn += count;
+    }
+}
+
+/// Calls `done` with its error for every job holding an invalid record; returns the rest.
+/// An invalid record takes no LSN.
+fn reject_invalid(
+    jobs: Vec<(Vec<RecordInput>, AppendCallback)>,
+) -> Vec<(Vec<RecordInput>, AppendCallback)> {
+    let mut valid = Vec::with_capacity(jobs.len());
+    for (records, done) in jobs {
+        match records.iter().find_map(|r| r.check().err()) {
+            Some(e) => done(Err(e.into())),
+            None => valid.push((records, done)),
+        }
+    }
+    valid
+}
+
+fn payload_bytes(records: &[RecordInput]) -> u64 {
+    records.iter().map(|r| r.payload.len() as u64).sum()
 }
 
 /// Takes the next unit of work: consecutive appends up to the commit size limit, or one
@@ -1107,9 +1134,9 @@ fn next_jobs(shared: &Shared, poller: &mut Poller) -> Option<Vec<Job>> {
     queue.committing = true;
     let mut jobs = vec![first];
     if let Job::Append { records, .. } = &jobs[0] {
-        let mut bytes: u64 = records.iter().map(|r| r.payload.len() as u64).sum();
+        let mut bytes = payload_bytes(records);
         while let Some(Job::Append { records, .. }) = queue.jobs.front() {
-            let more: u64 = records.iter().map(|r| r.payload.len() as u64).sum();
+            let more = payload_bytes(records);
             if bytes + more > shared.options.max_commit_bytes {
                 break;
             }
@@ -1140,10 +1167,7 @@ fn commit_loop(shared: Arc<Shared>) {
         // that commits again as soon as it hears finds the writer idle, not this thread
         // still between two units of work.
         lock(&shared.queue).committing = false;
-        let hook = lock(&shared.completion_hook).clone();
-        if let Some(hook) = hook {
-            hook();
-        }
+        shared.run_completion_hook();
     }
     // Closed and drained: release the segments, the DWB and the directory lock now, so
     // that `close` returning means they are released.
@@ -1166,15 +1190,12 @@ fn run_jobs(writer: &mut Writer, jobs: Vec<Job>) -> Vec<Completion> {
             let refs: Vec<&[RecordInput]> = batch.iter().map(|(r, _)| r.as_slice()).collect();
             guarded(writer, |w| w.commit(&refs, false))
         };
-        let mut lsn = result.as_ref().copied().unwrap_or(0);
-        for (records, done) in batch {
-            let outcome = match &result {
-                Ok(_) => Ok(lsn),
-                Err(e) => Err(e.clone()),
-            };
+        let jobs = batch
+            .into_iter()
+            .map(|(records, done)| (records.len() as u64, done));
+        for_each_outcome(&result, jobs, |done, outcome| {
             completions.push(Box::new(move || done(outcome)));
-            lsn += records.len() as u64;
-        }
+        });
         return completions;
     }
     for job in jobs {

@@ -94,8 +94,9 @@ pub(crate) struct DurableCommit {
     first_lsn: u64,
     record_count: u64,
     base: u64,
-    body: Vec<u8>,
-    spans: Vec<RecordSpan>,
+    /// End of the commit's padding record: a block boundary (direct I/O pads every
+    /// commit), so the commit leaves nothing in a partial block.
+    end: u64,
     padding: u64,
     /// Bytes the write covers from `base`: the body, zeros over a failed write's
     /// leftovers, and zeros to the end of the direct-I/O block.
@@ -509,6 +510,10 @@ impl Writer {
         }
         append_padding(&mut body, &mut spans, padding, first_lsn);
         let end = base + body.len() as u64;
+        debug_assert!(
+            end.is_multiple_of(self.active.block),
+            "direct I/O pads every commit"
+        );
         let Some(mut buf) = self.durable_buf.take() else {
             return Ok(None);
         };
@@ -531,8 +536,7 @@ impl Writer {
             first_lsn,
             record_count,
             base,
-            body,
-            spans,
+            end,
             padding,
             span,
         }))
@@ -555,8 +559,7 @@ impl Writer {
             first_lsn,
             record_count,
             base,
-            body,
-            spans,
+            end,
             padding,
             span,
         } = commit;
@@ -585,7 +588,6 @@ impl Writer {
             self.poisoned = Some(detail.clone());
             return Err(Error::WalPoisoned { detail });
         }
-        let end = base + body.len() as u64;
         self.stats.wal_syncs += 1;
         self.stats.durable_commits += 1;
         self.stats.padding_bytes += padding;
@@ -595,7 +597,11 @@ impl Writer {
         self.active.end = end;
         self.active.dirty_end = end;
         self.next_lsn = first_lsn + record_count;
-        self.update_tail(base, &body, &spans);
+        // What `update_tail` leaves after a commit that ends on a block: no tail.
+        self.tail = Tail {
+            start: end,
+            ..Tail::default()
+        };
         Ok(first_lsn)
     }
 
