@@ -713,7 +713,12 @@ export type Protection =
 export type TailProtection =
   /** Commits are packed; the records a commit leaves in the partial last block get DWB copies, synced alongside its WAL sync, so they are durable before the next commit rewrites that block. No wasted space. */
   | 'mirror'
-  /** Every commit ends on a block boundary with a padding record, so no block holding acknowledged bytes is written again. One sync per commit. */
+  /**
+   * Every commit ends on a block boundary with a padding record, so no block holding
+   * acknowledged bytes is written again. One sync per commit. Its segments default to
+   * O_DIRECT where the file system takes it, and then an awaited append that finds the
+   * WAL idle is committed through the kernel ({@link WalOptions.kernelCompletion}).
+   */
   | 'pad'
 
 /** How acknowledged records are protected right now. */
@@ -732,7 +737,13 @@ const TAIL_PROTECTIONS: readonly TailProtection[] = ['mirror', 'pad']
 export interface WalOptions {
   /** Mode of the WAL's double-write buffer; default {@link DwbMode.defaultForParent}(`directIo`). `'off'` protects the tail by padding instead. */
   dwbMode?: DwbMode
-  /** Open segments with O_DIRECT (every commit then ends on a block boundary). Default `false`. */
+  /**
+   * Open segments with O_DIRECT (every commit then ends on a block boundary). Default:
+   * with `tailProtection: 'pad'`, wherever the directory's file system takes O_DIRECT
+   * (Linux; buffered elsewhere, never an error), as a padded commit already writes whole
+   * blocks; otherwise `false`. {@link Wal.io} tells which was chosen. With O_DIRECT the
+   * log's pages do not stay in the page cache, so a replay reads from the device.
+   */
   directIo?: boolean
   /** Size of a new segment file in bytes (preallocated); default 64 MiB, minimum 16 KiB. */
   segmentSize?: number
@@ -768,7 +779,9 @@ export interface WalOptions {
    * `O_DIRECT` write on the development VM, more if the device's queue is full). Appends that find a commit in
    * flight, commits that roll a segment, and everything where AIO or libuv's poll handle is
    * unavailable (not Linux, a seccomp profile) take the commit thread as before; the log's
-   * bytes are the same either way. Needs `directIo: true`. Default `false`.
+   * bytes are the same either way. Takes effect only where the segments are written with
+   * O_DIRECT (`directIo`, or `'pad'`'s default); {@link Wal.io} tells whether it did.
+   * Default `true`; `false` commits every append on the commit thread.
    */
   kernelCompletion?: boolean
   /**
@@ -853,6 +866,14 @@ export interface WalStats {
 }
 
 /** The protection policy and its state. */
+/** How commits reach the disk ({@link Wal.io}). */
+export interface IoStatus {
+  /** Segments are written with O_DIRECT (`directIo`, or `'pad'`'s default where the file system takes it). */
+  readonly directIo: boolean
+  /** An awaited append that finds the WAL idle commits on the JS thread through the kernel (`kernelCompletion`). */
+  readonly kernelCompletion: boolean
+}
+
 export interface ProtectionStatus {
   readonly policy: Protection
   readonly tailProtection: TailProtection
@@ -906,10 +927,11 @@ function walOptions(options: unknown): CheckedWalOptions {
   }
   if (fields.kernelCompletion !== undefined) {
     out.kernelCompletion = checkBoolean('options.kernelCompletion', fields.kernelCompletion)
-    if (out.kernelCompletion && out.directIo !== true) {
+    const direct = out.directIo ?? out.tailProtection === 'pad'
+    if (out.kernelCompletion && !direct) {
       throw codedError(
         'ERR_INVALID_ARG_VALUE',
-        'The "options.kernelCompletion" argument needs "options.directIo": true (the kernel completes O_DIRECT writes only)',
+        'The "options.kernelCompletion" argument needs O_DIRECT segments: "options.directIo": true, or "options.tailProtection": \'pad\' without "directIo": false (the kernel completes O_DIRECT writes only)',
       )
     }
   }
@@ -1373,7 +1395,7 @@ export class Wal {
    *
    * @throws {TypeError} `ERR_INVALID_ARG_TYPE` for a wrong argument type.
    * @throws {RangeError} `ERR_INVALID_ARG_VALUE` for an unknown `dwbMode`, `protection` or
-   *   `tailProtection`, or `kernelCompletion` without `directIo`; `ERR_OUT_OF_RANGE` for a
+   *   `tailProtection`, or `kernelCompletion: true` without O_DIRECT segments; `ERR_OUT_OF_RANGE` for a
    *   negative or fractional size.
    * @throws {Error} `ERR_LOCKED` when another handle holds the directory (in this process,
    *   a worker thread or another process); `ERR_WAL_CORRUPT` when acknowledged records
@@ -1386,7 +1408,7 @@ export class Wal {
     const inflight = new Inflight(checked.busyPoll)
     try {
       const handle = await callAsync(() => native.NativeWal.open(checkedDir, checked.native, inflight.complete))
-      if (checked.native.kernelCompletion) call(() => handle.watchKernelCompletions(inflight.complete))
+      if (checked.native.kernelCompletion !== false) call(() => handle.watchKernelCompletions(inflight.complete))
       return new Wal(handle, inflight)
     } catch (error) {
       inflight.dispose()
@@ -1403,7 +1425,7 @@ export class Wal {
     const inflight = new Inflight(checked.busyPoll)
     try {
       const handle = call(() => native.NativeWal.openSync(checkedDir, checked.native, inflight.complete))
-      if (checked.native.kernelCompletion) call(() => handle.watchKernelCompletions(inflight.complete))
+      if (checked.native.kernelCompletion !== false) call(() => handle.watchKernelCompletions(inflight.complete))
       return new Wal(handle, inflight)
     } catch (error) {
       inflight.dispose()
@@ -1549,6 +1571,12 @@ export class Wal {
   /** Counters since open (bigints). */
   get stats(): WalStats {
     return call(() => this.#handle.stats)
+  }
+
+  /** How commits reach the disk, as decided at open (see {@link WalOptions.directIo}). */
+  get io(): IoStatus {
+    const status = call(() => this.#handle.io)
+    return { directIo: status.directIo, kernelCompletion: status.kernelCompletion }
   }
 
   /** The protection policy and its current state. */

@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process'
 import { existsSync, readdirSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
@@ -516,12 +517,54 @@ directTest(`kernelCompletion: once nothing is in flight the event loop sleeps, a
   t.is(wal.recovery.lastLsn, 174n)
 })
 
-test('kernelCompletion must be a boolean, and needs directIo', async (t) => {
+test(`tailProtection 'pad' writes O_DIRECT where the file system takes it (Linux ≥ 6.1, where an explicit directIo can: ${direct.ok ? 'here' : 'not here'}), commits idle awaited appends through the kernel, and its log reopens either way`, async (t) => {
+  const dir = tempDir(t, 'wal')
+  const pad: WalOptions = { ...SMALL, tailProtection: 'pad' }
+  // statx reports the direct-I/O alignment the choice needs since Linux 6.1.
+  const [major = 0, minor = 0] = os.release().split('.').map(Number)
+  const linux = process.platform === 'linux' && (major > 6 || (major === 6 && minor >= 1))
+  const wal = await Wal.open(dir, pad)
+  t.deepEqual(wal.io, { directIo: direct.ok && linux, kernelCompletion: direct.ok && linux })
+  const payloads = Array.from({ length: 60 }, (_, i) => new Uint8Array(1 + ((i * 997) % 6000)).fill(i))
+  for (const payload of payloads.slice(0, 30)) await wal.append(RecordType.Put, payload)
+  if (wal.io.kernelCompletion) t.true(wal.stats.durableCommits >= 25n, `${wal.stats.durableCommits} of 30 awaited commits through the kernel`)
+  else t.is(wal.stats.durableCommits, 0n)
+  t.is(wal.stats.walSyncs, wal.stats.commits, 'one sync per commit')
+  await wal.close()
+  // The same log, buffered and on the commit thread, then with the defaults again.
+  for (const options of [{ ...pad, directIo: false }, { ...pad, kernelCompletion: false }, pad]) {
+    const again = await Wal.open(dir, options)
+    t.is(again.io.kernelCompletion, options === pad && direct.ok && linux)
+    t.is(again.io.directIo, options.directIo !== false && direct.ok && linux)
+    const lsn = await again.append(RecordType.Put, payloads[Number(again.recovery.lastLsn)]!)
+    t.is(lsn, again.recovery.lastLsn + 1n)
+    await again.close()
+  }
+  const last = await openWal(t, dir, pad)
+  const records = await replayAll(last)
+  t.deepEqual(
+    records.map((record) => Buffer.from(record.payload)),
+    payloads.slice(0, 33).map((payload) => Buffer.from(payload)),
+  )
+  // The mirror default and an explicit directIo: false stay buffered, with no kernel commits.
+  for (const options of [SMALL, { ...pad, directIo: false }]) {
+    const other = await openWal(t, tempDir(t, 'other'), options)
+    t.deepEqual(other.io, { directIo: false, kernelCompletion: false })
+    await other.append(RecordType.Put, bytesOf('x'))
+    t.is(other.stats.durableCommits, 0n)
+  }
+})
+
+test('kernelCompletion must be a boolean, and needs O_DIRECT segments (directIo, or pad without directIo: false)', async (t) => {
   const dir = tempDir(t, 'wal')
   for (const value of [1, 'yes', null, {}]) {
     await t.throwsAsync(Wal.open(dir, { kernelCompletion: value as unknown as boolean }), coded(TypeError, 'ERR_INVALID_ARG_TYPE'))
   }
-  for (const options of [{ kernelCompletion: true }, { kernelCompletion: true, directIo: false }]) {
+  for (const options of [
+    { kernelCompletion: true },
+    { kernelCompletion: true, directIo: false },
+    { kernelCompletion: true, tailProtection: 'pad', directIo: false } as const,
+  ]) {
     await t.throwsAsync(Wal.open(dir, options), coded(RangeError, 'ERR_INVALID_ARG_VALUE'))
     t.throws(() => Wal.openSync(dir, options), coded(RangeError, 'ERR_INVALID_ARG_VALUE'))
   }

@@ -34,6 +34,7 @@ const WORKLOADS = [
 const ORDER = [
   'dw-buffered-mirror',
   'dw-direct-mirror',
+  'dw-pad',
   'dw-buffered-pad',
   'dw-off',
   'dw-directio',

@@ -142,7 +142,7 @@ function parseArgs(argv) {
 
 const BATCH = 64
 const OURS_ALL = Object.keys(OUR_CONFIGS)
-const OURS_CONCURRENT = ['dw-buffered-mirror', 'dw-direct-mirror', 'dw-buffered-pad', 'dw-off', 'dw-encrypted', 'dw-kernel']
+const OURS_CONCURRENT = ['dw-buffered-mirror', 'dw-direct-mirror', 'dw-pad', 'dw-buffered-pad', 'dw-off', 'dw-encrypted']
 /** With 64 appenders only: what the busy poll costs or buys when commits are always in flight. */
 const OURS_BUSY = ['dw-pad-busy', 'dw-mirror-busy']
 const SERIAL_PEERS = ['js-wal', 'js-dwb', 'sqlite-wal-full', 'lmdb', 'classic-level-sync']
@@ -507,8 +507,8 @@ function targets(summaries) {
     ['dw-mirror-sync', ' (appendSync, blocking as the device loop)', cycle],
     ['dw-mirror-busy', ' (awaited, busyPoll)', cycle],
     ['dw-pad-busy', ' (awaited, busyPoll)', sqlite],
-    ['dw-kernel', ' (awaited, kernelCompletion)', sqlite],
-    ['dw-buffered-pad', '', sqlite],
+    ['dw-pad', " (awaited, 'pad' defaults: O_DIRECT, kernelCompletion)", sqlite],
+    ['dw-buffered-pad', ' (awaited, directIo: false)', sqlite],
     ['dw-pad-sync', ' (appendSync, blocking as better-sqlite3)', { ...sqlite, against: 'better-sqlite3' }],
   ]
   for (const [config, how, { base, goal, against, unit }] of w1) {
@@ -518,7 +518,7 @@ function targets(summaries) {
     const r = own.commitsPerSec / base.commitsPerSec
     check(`W1 ${config}${how} ≥ ${against}`, r, goal, r >= goal, `${fmt(own.commitsPerSec)} vs ${fmt(base.commitsPerSec)} ${unit}`)
   }
-  for (const config of ['dw-buffered-mirror', 'dw-direct-mirror', 'dw-buffered-pad', 'dw-mirror-busy', 'dw-pad-busy']) {
+  for (const config of ['dw-buffered-mirror', 'dw-direct-mirror', 'dw-pad', 'dw-buffered-pad', 'dw-mirror-busy', 'dw-pad-busy']) {
     const w2 = get(`${config}/W2/128`)
     for (const peer of ['js-wal', 'sqlite-wal-full']) {
       const p = get(`${peer}/W2/128`)

@@ -47,7 +47,8 @@ use crate::uv::ReadyWatch;
 pub struct WalOpenOptions {
     /// `'off'`, `'buffered'` or `'direct'`; default: `'direct'` with `directIo`, else `'buffered'`.
     pub dwb_mode: Option<String>,
-    /// Open segments with O_DIRECT.
+    /// Open segments with O_DIRECT. Default: with `tailProtection: 'pad'`, where the
+    /// directory's file system takes it; otherwise `false`.
     pub direct_io: Option<bool>,
     /// Size of a new segment in bytes.
     pub segment_size: Option<f64>,
@@ -64,8 +65,9 @@ pub struct WalOpenOptions {
     /// Prepare the next segment in the background (default `true`).
     pub prepare_segments: Option<bool>,
     /// Commit an awaited append on the JS thread through the kernel's durable writes
-    /// where it can (needs `directIo`; Linux AIO with `RWF_DSYNC`, completion watched by
-    /// the event loop). Default `false`.
+    /// where it can (only with O_DIRECT segments; Linux AIO with `RWF_DSYNC`, completion
+    /// watched by the event loop). Default `true`: it takes effect wherever the segments
+    /// are written with O_DIRECT.
     pub kernel_completion: Option<bool>,
     /// Encrypt records at rest.
     pub encryption: Option<NativeEncryption>,
@@ -142,6 +144,15 @@ pub struct NativeWalStats {
     pub padding_bytes: BigInt,
     pub segment_rolls: BigInt,
     pub unprotected_records: BigInt,
+}
+
+/// How commits reach the disk, as decided at open.
+#[napi(object)]
+pub struct NativeIoStatus {
+    /// Segments are written with O_DIRECT.
+    pub direct_io: bool,
+    /// Idle awaited appends commit on the JS thread through the kernel's durable writes.
+    pub kernel_completion: bool,
 }
 
 #[napi(object)]
@@ -250,6 +261,8 @@ fn size_option(name: &str, value: Option<f64>) -> Result<Option<u64>> {
 fn wal_options(options: &WalOpenOptions) -> Result<(WalOptions, Option<KeyRing>)> {
     let defaults = WalOptions::default();
     let direct_io = options.direct_io.unwrap_or(false);
+    // The DWB's mode follows an explicit `directIo` only: a `'pad'` WAL does not write its
+    // DWB per commit, and its segments' O_DIRECT is decided at open, by the file system.
     let dwb_mode = match &options.dwb_mode {
         Some(mode) => parse_mode(mode)?,
         None => DwbMode::default_for_parent(direct_io),
@@ -273,9 +286,11 @@ fn wal_options(options: &WalOpenOptions) -> Result<(WalOptions, Option<KeyRing>)
         None => defaults.tail_protection,
     };
     let keys = key_ring(&options.encryption)?;
+    let prefer_direct_io = options.direct_io.is_none() && tail_protection == TailProtection::Pad;
     let options = WalOptions {
         dwb_mode,
         direct_io,
+        prefer_direct_io,
         segment_size_bytes: size_option("segmentSize", options.segment_size)?
             .unwrap_or(defaults.segment_size_bytes),
         dwb_capacity: options.dwb_capacity,
@@ -286,7 +301,7 @@ fn wal_options(options: &WalOpenOptions) -> Result<(WalOptions, Option<KeyRing>)
             .unwrap_or(defaults.max_commit_bytes),
         // Rolls should not stall a commit behind a segment's preallocation.
         prepare_segments: options.prepare_segments.unwrap_or(true),
-        kernel_completion: options.kernel_completion.unwrap_or(false),
+        kernel_completion: options.kernel_completion.unwrap_or(true),
         ..defaults
     };
     Ok((options, keys))
@@ -705,6 +720,17 @@ impl NativeWal {
             segment_rolls: stats.segment_rolls.into(),
             unprotected_records: stats.unprotected_records.into(),
         })
+    }
+
+    #[napi(getter)]
+    pub fn io(&self) -> Result<NativeIoStatus> {
+        match self.slot().as_ref() {
+            Some(state) => Ok(NativeIoStatus {
+                direct_io: state.wal.direct_io(),
+                kernel_completion: state.watch.is_some(),
+            }),
+            None => Err(closed()),
+        }
     }
 
     #[napi(getter)]

@@ -19,12 +19,15 @@ const require = createRequire(import.meta.url)
 export const OUR_CONFIGS = {
   'dw-buffered-mirror': { dwbMode: 'buffered', tailProtection: 'mirror' },
   'dw-direct-mirror': { dwbMode: 'direct', tailProtection: 'mirror' },
-  'dw-buffered-pad': { dwbMode: 'buffered', tailProtection: 'pad' },
+  // 'pad' with its defaults: O_DIRECT segments where the file system takes them, and an
+  // idle awaited append committed on the JS thread through the kernel (kernelCompletion).
+  'dw-pad': { tailProtection: 'pad' },
+  // 'pad' kept buffered, every commit on the commit thread ('pad''s defaults before 2026-11-24).
+  'dw-buffered-pad': { dwbMode: 'buffered', tailProtection: 'pad', directIo: false },
   'dw-off': { dwbMode: 'off' },
-  // Segments opened with O_DIRECT (the DWB then defaults to direct); every commit pads.
-  'dw-directio': { directIo: true },
-  // The same, with an idle awaited append committed on the JS thread through the kernel.
-  'dw-kernel': { directIo: true, kernelCompletion: true },
+  // Segments opened with O_DIRECT (the DWB then defaults to direct); every commit pads,
+  // every commit on the commit thread (what 'dw-pad' does without the kernel's completion).
+  'dw-directio': { directIo: true, kernelCompletion: false },
   // The defaults plus AES-256-GCM at rest (a fixed benchmark key).
   'dw-encrypted': {
     dwbMode: 'buffered',
@@ -32,13 +35,14 @@ export const OUR_CONFIGS = {
     encryption: { keys: [{ id: 1, key: new Uint8Array(32).fill(0x5a) }], activeKeyId: 1 },
   },
   // 'pad' through appendSync / appendBatchSync: the commit runs on the JS thread, blocking it
-  // as better-sqlite3 does (W1 and W2 only: a blocking call cannot overlap).
-  'dw-pad-sync': { dwbMode: 'buffered', tailProtection: 'pad' },
+  // as better-sqlite3 does (W1 and W2 only: a blocking call cannot overlap). Kept buffered,
+  // as measured before 'pad' chose O_DIRECT by default.
+  'dw-pad-sync': { dwbMode: 'buffered', tailProtection: 'pad', directIo: false },
   // The defaults through appendSync / appendBatchSync.
   'dw-mirror-sync': { dwbMode: 'buffered', tailProtection: 'mirror' },
   // Awaited appends with `busyPoll`: the event loop keeps turning while a commit is in
   // flight (the JS thread's CPU for the wake-up it saves).
-  'dw-pad-busy': { dwbMode: 'buffered', tailProtection: 'pad', busyPoll: true },
+  'dw-pad-busy': { dwbMode: 'buffered', tailProtection: 'pad', directIo: false, busyPoll: true },
   'dw-mirror-busy': { dwbMode: 'buffered', tailProtection: 'mirror', busyPoll: true },
 }
 
@@ -51,13 +55,13 @@ export const PEERS = ['js-wal', 'js-dwb', 'sqlite-wal-full', 'lmdb', 'classic-le
 export const DESCRIPTIONS = {
   'dw-buffered-mirror': "doublewrite, dwbMode 'buffered', tailProtection 'mirror' (the defaults)",
   'dw-direct-mirror': "doublewrite, dwbMode 'direct' (O_DIRECT DWB), tailProtection 'mirror'",
-  'dw-buffered-pad': "doublewrite, dwbMode 'buffered', tailProtection 'pad' (one sync per commit)",
+  'dw-pad': "doublewrite, tailProtection 'pad' with its defaults: O_DIRECT segments where the file system takes them, an idle awaited append written with RWF_DSYNC through Linux AIO from the JS thread and its completion watched by the event loop (kernelCompletion); one sync per commit",
+  'dw-buffered-pad': "doublewrite, dwbMode 'buffered', tailProtection 'pad', directIo: false (buffered segments, every commit on the commit thread; one sync per commit)",
   'dw-off': "doublewrite, dwbMode 'off' (no DWB; commits padded to a block)",
-  'dw-directio': 'doublewrite, directIo: true (O_DIRECT segments and DWB; commits padded)',
-  'dw-kernel': 'doublewrite, directIo: true plus kernelCompletion: true (an idle awaited append is written with RWF_DSYNC through Linux AIO from the JS thread; the event loop watches the completion)',
-  'dw-pad-sync': "doublewrite, tailProtection 'pad' through appendSync / appendBatchSync: blocks the JS thread for each commit, as better-sqlite3 does",
+  'dw-directio': 'doublewrite, directIo: true, kernelCompletion: false (O_DIRECT segments and DWB; commits padded, every commit on the commit thread)',
+  'dw-pad-sync': "doublewrite, tailProtection 'pad', directIo: false, through appendSync / appendBatchSync: blocks the JS thread for each commit, as better-sqlite3 does",
   'dw-mirror-sync': "doublewrite, the defaults through appendSync / appendBatchSync: blocks the JS thread for each commit",
-  'dw-pad-busy': "doublewrite, tailProtection 'pad', busyPoll: true (awaited; the event loop turns instead of sleeping while a commit is in flight)",
+  'dw-pad-busy': "doublewrite, tailProtection 'pad', directIo: false, busyPoll: true (awaited; the event loop turns instead of sleeping while a commit is in flight)",
   'dw-mirror-busy': 'doublewrite, the defaults plus busyPoll: true (awaited; the event loop turns instead of sleeping while a commit is in flight)',
   'dw-encrypted': "doublewrite, the defaults plus encryption (AES-256-GCM, one key): the cost of encryption next to dw-buffered-mirror",
   'js-wal': 'hand-written JS log: [len][crc32][payload] frames, fs.writeSync to an O_APPEND file + fs.fdatasyncSync',

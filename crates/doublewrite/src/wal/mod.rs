@@ -148,6 +148,13 @@ pub struct WalOptions {
     pub dwb_mode: DwbMode,
     /// Open segments with O_DIRECT (every commit then ends on a block boundary).
     pub direct_io: bool,
+    /// Without `direct_io`: open segments with O_DIRECT anyway where the directory's file
+    /// system takes it (an O_DIRECT open there succeeds and reports its alignment, and the
+    /// newest segment's block is a multiple of it), buffered elsewhere — never an error.
+    /// [`Wal::direct_io`] tells which was chosen. The Node API sets it for
+    /// `tailProtection: 'pad'` when `directIo` is not given: a padded commit already
+    /// writes whole blocks, so O_DIRECT costs it no space (docs/PERFORMANCE.md §2).
+    pub prefer_direct_io: bool,
     /// Size of a new segment; a commit that does not fit starts the next one.
     pub segment_size_bytes: u64,
     /// DWB capacity (slots) when the DWB is created.
@@ -187,6 +194,7 @@ impl Default for WalOptions {
         WalOptions {
             dwb_mode: DwbMode::Buffered,
             direct_io: false,
+            prefer_direct_io: false,
             segment_size_bytes: DEFAULT_SEGMENT_SIZE_BYTES,
             dwb_capacity: None,
             dwb_max_record_bytes: None,
@@ -406,6 +414,18 @@ fn protection_block_bytes(direct_io_alignment: Option<usize>) -> u32 {
     direct_io_alignment.unwrap_or(page).max(page) as u32
 }
 
+/// Whether O_DIRECT works for the directory of `probe` (an existing file there, opened
+/// again with O_DIRECT) with blocks of `block` bytes: [`WalOptions::prefer_direct_io`].
+fn direct_io_fits(vfs: &dyn Vfs, probe: &Path, block: Option<u32>) -> bool {
+    let Ok(file) = vfs.open(probe, OpenOptions::read_write().with_direct(true)) else {
+        return false;
+    };
+    match (file.direct_io_alignment(), block) {
+        (Some(alignment), Some(block)) => (block as usize).is_multiple_of(alignment),
+        _ => false,
+    }
+}
+
 fn check_options(options: &WalOptions) -> Result<()> {
     if options.segment_size_bytes < MIN_SEGMENT_SIZE_BYTES {
         return Err(Error::InvalidOptions {
@@ -546,6 +566,11 @@ impl Wal {
             segments.push(SegmentFile { first_lsn: 1, path });
         }
         let recovered = recovery::recover(&vfs, &segments, dwb.as_ref(), options.weakness)?;
+        let mut options = options;
+        if options.prefer_direct_io && !options.direct_io {
+            let block = recovered.segments.last().map(|s| s.header.block_size_bytes);
+            options.direct_io = direct_io_fits(vfs.as_ref(), &lock_path, block);
+        }
         // The set of segments recovery accepted may include a name whose directory sync
         // failed before the last shutdown: make it durable before anything builds on it.
         vfs.sync_dir(dir)
@@ -650,6 +675,12 @@ impl Wal {
 
     pub fn stats(&self) -> WalStats {
         lock(&self.shared.view).stats
+    }
+
+    /// Whether the segments are written with O_DIRECT: [`WalOptions::direct_io`], or what
+    /// [`WalOptions::prefer_direct_io`] chose at open.
+    pub fn direct_io(&self) -> bool {
+        self.shared.options.direct_io
     }
 
     pub fn protection(&self) -> ProtectionStatus {
