@@ -739,10 +739,12 @@ export interface WalOptions {
   dwbMode?: DwbMode
   /**
    * Open segments with O_DIRECT (every commit then ends on a block boundary). Default:
-   * with `tailProtection: 'pad'`, wherever the directory's file system takes O_DIRECT
-   * (Linux; buffered elsewhere, never an error), as a padded commit already writes whole
-   * blocks; otherwise `false`. {@link Wal.io} tells which was chosen. With O_DIRECT the
-   * log's pages do not stay in the page cache, so a replay reads from the device.
+   * with `tailProtection: 'pad'`, O_DIRECT where the directory's file system takes it and
+   * reports its alignment (Linux ≥ 6.1 with `statx`'s `STATX_DIOALIGN`: ext4, XFS, …; not
+   * tmpfs, older kernels or other systems, which stay buffered — never an error), as a
+   * padded commit already writes whole blocks; otherwise `false`. {@link Wal.io} tells
+   * which was chosen. With O_DIRECT the log's pages do not stay in the page cache, so a
+   * replay reads from the device.
    */
   directIo?: boolean
   /** Size of a new segment file in bytes (preallocated); default 64 MiB, minimum 16 KiB. */
@@ -865,7 +867,6 @@ export interface WalStats {
   readonly unprotectedRecords: bigint
 }
 
-/** The protection policy and its state. */
 /** How commits reach the disk ({@link Wal.io}). */
 export interface IoStatus {
   /** Segments are written with O_DIRECT (`directIo`, or `'pad'`'s default where the file system takes it). */
@@ -874,6 +875,7 @@ export interface IoStatus {
   readonly kernelCompletion: boolean
 }
 
+/** The protection policy and its state. */
 export interface ProtectionStatus {
   readonly policy: Protection
   readonly tailProtection: TailProtection

@@ -38,7 +38,7 @@ const ORDER = [
   'dw-buffered-pad',
   'dw-off',
   'dw-directio',
-  'dw-kernel',
+  'dw-kernel', // in JSON files before 2026-11-24 only ('dw-pad' measures that path since)
   'dw-encrypted',
   'dw-pad-sync',
   'dw-mirror-sync',

@@ -654,6 +654,8 @@ impl Wal {
         &self.shared.dir
     }
 
+    /// The options in effect: with [`WalOptions::prefer_direct_io`], `direct_io` is what
+    /// the open chose (reopening elsewhere with these options asks for O_DIRECT outright).
     pub fn options(&self) -> &WalOptions {
         &self.shared.options
     }
