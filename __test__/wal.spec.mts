@@ -317,7 +317,7 @@ test('after close every call fails with ERR_WAL_CLOSED and Symbol.asyncDispose c
   await t.throwsAsync(wal.truncateBefore(1n), closed)
   t.throws(() => wal.replay(), closed)
   t.throws(() => wal.replaySync(), closed)
-  for (const getter of ['recovery', 'stats', 'protection', 'lastLsn', 'nextLsn', 'dir'] as const) t.throws(() => wal[getter], closed, getter)
+  for (const getter of ['recovery', 'stats', 'protection', 'io', 'lastLsn', 'nextLsn', 'dir'] as const) t.throws(() => wal[getter], closed, getter)
   await wal.close()
   wal.closeSync()
 })
