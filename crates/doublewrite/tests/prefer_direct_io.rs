@@ -19,6 +19,27 @@ fn pad(prefer_direct_io: bool) -> WalOptions {
     }
 }
 
+/// `direct_io` explicitly, as `'pad'` users could ask for it.
+fn explicit() -> WalOptions {
+    WalOptions {
+        direct_io: true,
+        ..pad(false)
+    }
+}
+
+/// Where O_DIRECT does not fit: an explicit `direct_io` open is refused, a preferring one
+/// opens buffered, with no commits through the kernel.
+fn refused_then_buffered(env: &Env) -> Wal {
+    assert!(matches!(
+        env.open(explicit()),
+        Err(Error::DirectIoUnsupported { .. })
+    ));
+    let wal = env.open(pad(true)).unwrap();
+    assert!(!wal.direct_io());
+    assert!(!wal.has_durable_writes());
+    wal
+}
+
 /// Appends `count` records of assorted sizes (some roll the 64 KiB segments).
 fn append(wal: &Wal, count: u64) {
     for i in 0..count {
@@ -34,11 +55,7 @@ fn append(wal: &Wal, count: u64) {
 #[test]
 fn on_the_real_disk_it_takes_o_direct_exactly_where_an_explicit_open_can() {
     let probe = Env::std();
-    let explicit = WalOptions {
-        direct_io: true,
-        ..pad(false)
-    };
-    let explicit_works = match probe.open(explicit) {
+    let explicit_works = match probe.open(explicit()) {
         Ok(wal) => wal.close().is_ok(),
         Err(Error::DirectIoUnsupported { .. }) => false,
         Err(e) => panic!("{e}"),
@@ -92,17 +109,7 @@ fn where_o_direct_is_refused_it_opens_buffered() {
         refuse_direct_io: true,
         ..FaultPlan::default()
     });
-    let explicit = WalOptions {
-        direct_io: true,
-        ..pad(false)
-    };
-    assert!(matches!(
-        env.open(explicit),
-        Err(Error::DirectIoUnsupported { .. })
-    ));
-    let wal = env.open(pad(true)).unwrap();
-    assert!(!wal.direct_io());
-    assert!(!wal.has_durable_writes());
+    let wal = refused_then_buffered(&env);
     append(&wal, 30);
     assert_eq!(replay_all(&wal).len(), 30);
 }
@@ -124,16 +131,7 @@ fn segments_with_blocks_below_the_alignment_stay_buffered() {
     wal.close().unwrap();
 
     sim.set_direct_io_alignment(8192);
-    let explicit = WalOptions {
-        direct_io: true,
-        ..pad(false)
-    };
-    assert!(matches!(
-        env.open(explicit),
-        Err(Error::DirectIoUnsupported { .. })
-    ));
-    let wal = env.open(pad(true)).unwrap();
-    assert!(!wal.direct_io());
+    let wal = refused_then_buffered(&env);
     assert_records(&replay_all(&wal), &expected);
     append(&wal, 10);
     assert_eq!(replay_all(&wal).len(), 20);
