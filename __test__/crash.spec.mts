@@ -120,6 +120,8 @@ interface RoundResult {
   code: number | null
   stderr: string
   sawReady: boolean
+  /** The child's WAL committed idle awaited appends through the kernel (`wal.io`). */
+  kernel: boolean
 }
 
 /**
@@ -127,9 +129,9 @@ interface RoundResult {
  * reported ready (while appending), sometimes 0–120 ms after spawning (possibly during
  * its own open and recovery).
  */
-function runAndKill(dir: string, options: WalOptions, early: boolean, mode: 'async' | 'sync'): Promise<RoundResult> {
+function runAndKill(dir: string, options: WalOptions, early: boolean, mode: 'async' | 'sync', concurrency = CONCURRENCY): Promise<RoundResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(fixtures, 'crash-child.mjs'), dir, String(CONCURRENCY), JSON.stringify(options), mode], {
+    const child = spawn(process.execPath, [path.join(fixtures, 'crash-child.mjs'), dir, String(concurrency), JSON.stringify(options), mode], {
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     let stdout = ''
@@ -152,14 +154,19 @@ function runAndKill(dir: string, options: WalOptions, early: boolean, mode: 'asy
       const lines = stdout.split('\n')
       lines.pop() // an incomplete last line (none expected: each line is one pipe write)
       const acknowledged = lines.filter((line) => !line.startsWith('ready')).map((line) => BigInt(line))
-      resolve({ acknowledged, signal, code, stderr, sawReady })
+      const kernel = lines[0]?.startsWith('ready') === true && lines[0].endsWith(' kernel')
+      resolve({ acknowledged, signal, code, stderr, sawReady, kernel })
     })
   })
 }
 
 // `async`: 64 awaited appends in flight (group commits on the commit thread). `sync`:
 // appendSync, committed on the child's JS thread when idle and queued behind an async
-// append every fourth time.
+// append every fourth time. Every fourth round of each mode the child opens with
+// `tailProtection: 'pad'` and its defaults (O_DIRECT segments where the file system takes
+// them, idle awaited appends committed through the kernel: one append in flight at a time
+// in async mode, so that each commit takes that path), the same directory reopened with
+// the defaults after it.
 for (const [mode, rounds] of [
   ['async', KILL_ROUNDS],
   ['sync', Math.ceil(KILL_ROUNDS / 2)],
@@ -172,17 +179,24 @@ for (const [mode, rounds] of [
     let verifiedThrough = 0n
     let totalAcknowledged = 0
     let killedDuringAppends = 0
+    let kernelRounds = 0
     const started = Date.now()
     for (let round = 0; round < rounds; round++) {
       // Every other async round the child busy-polls: its kills also land on a spinning loop.
-      const childOptions: WalOptions = mode === 'async' && round % 2 === 1 ? { ...options, busyPoll: true } : options
-      const result = await runAndKill(dir, childOptions, round % 5 === 4, mode)
+      const childOptions: WalOptions = {
+        ...options,
+        ...(mode === 'async' && round % 2 === 1 ? { busyPoll: true } : {}),
+        ...(round % 4 === 2 ? { tailProtection: 'pad' as const } : {}),
+      }
+      const pad = childOptions.tailProtection === 'pad'
+      const result = await runAndKill(dir, childOptions, round % 5 === 4, mode, pad && mode === 'async' ? 1 : CONCURRENCY)
       if (result.signal !== 'SIGKILL') {
         t.fail(`round ${round}: the child was not killed but exited with ${result.code}: ${result.stderr}`)
         return
       }
       if (result.stderr !== '') t.log(`round ${round} child stderr: ${result.stderr}`)
       if (result.acknowledged.length > 0) killedDuringAppends += 1
+      if (result.kernel) kernelRounds += 1
       totalAcknowledged += result.acknowledged.length
       for (const lsn of result.acknowledged) if (lsn > maxAcknowledged) maxAcknowledged = lsn
 
@@ -207,7 +221,7 @@ for (const [mode, rounds] of [
     const wal = await Wal.open(dir, options)
     t.deepEqual(await replayChecked(t, wal), range(1n, wal.recovery.lastLsn))
     await wal.close()
-    t.log(`${rounds} rounds in ${((Date.now() - started) / 1000).toFixed(1)} s: ${totalAcknowledged} acknowledged appends, ${killedDuringAppends} rounds killed mid-append, log ends at LSN ${verifiedThrough}`)
+    t.log(`${rounds} rounds in ${((Date.now() - started) / 1000).toFixed(1)} s: ${totalAcknowledged} acknowledged appends, ${killedDuringAppends} rounds killed mid-append, ${kernelRounds} committing through the kernel, log ends at LSN ${verifiedThrough}`)
     t.true(killedDuringAppends >= rounds / 2, 'most kills hit a child that was appending')
   })
 }
