@@ -311,6 +311,7 @@ test('bench: one writer and N appenders, as a table and as JSON', (t) => {
   }
   const text = cli('bench', '--seconds', '0.05', '--appenders', '2')
   t.regex(text.stdout, /scenario\s+appends\/s\s+commits\/s\s+records\/commit\s+p50 ms\s+p99 ms\s+DWB B\/record\s+CPU µs\/append/)
+  t.regex(text.stdout, /^1 writer: buffered segments$/m, 'how the defaults write')
 })
 
 test('bench --tail-protection pad --busy-poll: the WALs are opened so (no DWB bytes under pad), and the settings are reported; a bad value is a usage error', (t) => {
@@ -319,7 +320,17 @@ test('bench --tail-protection pad --busy-poll: the WALs are opened so (no DWB by
   const bench = JSON.parse(run.stdout) as {
     tailProtection: string
     busyPoll: boolean
-    results: { appends: number; walSyncs: number; dwbSyncs: number; dwbBytesPerRecord: number; cpuUsPerAppend: number }[]
+    results: {
+      scenario: string
+      appends: number
+      commits: number
+      walSyncs: number
+      dwbSyncs: number
+      dwbBytesPerRecord: number
+      cpuUsPerAppend: number
+      directIo: boolean
+      durableCommits: number
+    }[]
   }
   t.is(bench.tailProtection, 'pad')
   t.true(bench.busyPoll)
@@ -328,11 +339,16 @@ test('bench --tail-protection pad --busy-poll: the WALs are opened so (no DWB by
     t.is(r.dwbBytesPerRecord, 0, "'pad' writes no DWB copies")
     t.is(r.dwbSyncs, 0)
     t.true(r.cpuUsPerAppend > 0)
+    // 'pad' writes O_DIRECT where the file system takes it; then the one writer's idle
+    // awaited appends are committed by the kernel.
+    if (!r.directIo) t.is(r.durableCommits, 0)
+    else if (r.scenario === '1 writer') t.true(r.durableCommits > r.commits / 2, JSON.stringify(r))
   }
   const mirror = JSON.parse(cli('bench', '--seconds', '0.1', '--appenders', '2', '--json').stdout) as typeof bench
   t.is(mirror.tailProtection, 'mirror')
   t.false(mirror.busyPoll)
   t.true(mirror.results.every((r) => r.dwbBytesPerRecord > 0), "'mirror' copies the tail into the DWB")
+  t.true(mirror.results.every((r) => !r.directIo && r.durableCommits === 0), "'mirror' stays buffered")
   const bad = cli('bench', '--tail-protection', 'zero')
   t.is(bad.status, EXIT.usage)
   t.regex(bad.stderr, /--tail-protection must be mirror or pad/)

@@ -53,6 +53,10 @@ export interface ScenarioResult {
   dwbBytesPerRecord: number
   /** CPU time of the whole process (every thread, user + system) per append, in µs. */
   cpuUsPerAppend: number
+  /** The segments were written with O_DIRECT (`wal.io`: `'pad'` takes it where the file system does). */
+  directIo: boolean
+  /** Commits the kernel completed on its own (`kernelCompletion`), of `commits`. */
+  durableCommits: number
 }
 
 /** `statfs` magic numbers of the file systems worth naming (see statfs(2)). */
@@ -108,6 +112,10 @@ export async function benchCommand(options: BenchOptions, io: Io): Promise<numbe
     fixed(r.cpuUsPerAppend, 1),
   ])
   print(io.stdout, '', ...table(['scenario', 'appends/s', 'commits/s', 'records/commit', 'p50 ms', 'p99 ms', 'DWB B/record', 'CPU µs/append'], rows, [0]))
+  for (const r of results) {
+    const through = r.durableCommits > 0 ? `, ${int(r.durableCommits)} of ${int(r.commits)} commits completed by the kernel` : ''
+    print(io.stdout, `${r.scenario}: ${r.directIo ? 'O_DIRECT' : 'buffered'} segments${through}`)
+  }
   return EXIT.ok
 }
 
@@ -169,6 +177,8 @@ async function scenario(name: string, appenders: number, dir: string, options: B
       dwbSyncs: Number(after.dwbSyncs - before.dwbSyncs),
       dwbBytesPerRecord: appends === 0 ? 0 : Number(after.dwbBytesWritten - before.dwbBytesWritten) / appends,
       cpuUsPerAppend: appends === 0 ? 0 : (cpu.user + cpu.system) / appends,
+      directIo: wal.io.directIo,
+      durableCommits: Number(after.durableCommits - before.durableCommits),
     }
   } finally {
     await wal.close()

@@ -142,7 +142,8 @@ Options:
   --appenders N        appenders of the concurrent scenario (default 64)
   --payload BYTES      payload bytes per record (default 128)
   --dwb-mode MODE      buffered (default), direct or off
-  --tail-protection P  mirror (default: DWB copies, two syncs per commit) or pad (one sync)
+  --tail-protection P  mirror (default: DWB copies, two syncs per commit) or pad (one sync;
+                       O_DIRECT and kernel completion where the file system takes them)
   --busy-poll          open the WALs with busyPoll: the event loop turns instead of sleeping
                        while a commit is in flight (compare the CPU column with and without)
   --dir DIR            where to create the WALs (default: the OS temp directory)
