@@ -221,7 +221,7 @@ for (const [mode, rounds] of [
     const wal = await Wal.open(dir, options)
     t.deepEqual(await replayChecked(t, wal), range(1n, wal.recovery.lastLsn))
     await wal.close()
-    t.log(`${rounds} rounds in ${((Date.now() - started) / 1000).toFixed(1)} s: ${totalAcknowledged} acknowledged appends, ${killedDuringAppends} rounds killed mid-append, ${kernelRounds} committing through the kernel, log ends at LSN ${verifiedThrough}`)
+    t.log(`${rounds} rounds in ${((Date.now() - started) / 1000).toFixed(1)} s: ${totalAcknowledged} acknowledged appends, ${killedDuringAppends} rounds killed mid-append, ${kernelRounds} opened with kernel completion, log ends at LSN ${verifiedThrough}`)
     t.true(killedDuringAppends >= rounds / 2, 'most kills hit a child that was appending')
   })
 }

@@ -55,6 +55,8 @@ export interface ScenarioResult {
   cpuUsPerAppend: number
   /** The segments were written with O_DIRECT (`wal.io`: `'pad'` takes it where the file system does). */
   directIo: boolean
+  /** Idle awaited appends were committed through the kernel (`wal.io.kernelCompletion`). */
+  kernelCompletion: boolean
   /** Commits the kernel completed on its own (`kernelCompletion`), of `commits`. */
   durableCommits: number
 }
@@ -178,6 +180,7 @@ async function scenario(name: string, appenders: number, dir: string, options: B
       dwbBytesPerRecord: appends === 0 ? 0 : Number(after.dwbBytesWritten - before.dwbBytesWritten) / appends,
       cpuUsPerAppend: appends === 0 ? 0 : (cpu.user + cpu.system) / appends,
       directIo: wal.io.directIo,
+      kernelCompletion: wal.io.kernelCompletion,
       durableCommits: Number(after.durableCommits - before.durableCommits),
     }
   } finally {
