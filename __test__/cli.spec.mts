@@ -12,6 +12,8 @@ import test from 'ava'
 
 import { DoubleWriteBuffer, RecordType, Wal, type WalOptions, WalRecord } from 'doublewrite'
 
+import type { ScenarioResult } from '../cli/bench.js'
+
 import { bytesOf, parseSegment, readSegment, segmentFiles, tempDir } from './helpers.mjs'
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..')
@@ -300,7 +302,7 @@ test('demo: every record comes back after a torn write, one repaired from the DW
 test('bench: one writer and N appenders, as a table and as JSON', (t) => {
   const run = cli('bench', '--seconds', '0.1', '--appenders', '4', '--json')
   t.is(run.status, EXIT.ok, run.stderr)
-  const bench = JSON.parse(run.stdout) as { results: { scenario: string; appends: number; commits: number; appendsPerSecond: number }[] }
+  const bench = JSON.parse(run.stdout) as { results: ScenarioResult[] }
   t.deepEqual(
     bench.results.map((r) => r.scenario),
     ['1 writer', '4 appenders'],
@@ -317,22 +319,7 @@ test('bench: one writer and N appenders, as a table and as JSON', (t) => {
 test('bench --tail-protection pad --busy-poll: the WALs are opened so (no DWB bytes under pad), and the settings are reported; a bad value is a usage error', (t) => {
   const run = cli('bench', '--seconds', '0.1', '--appenders', '4', '--tail-protection', 'pad', '--busy-poll', '--json')
   t.is(run.status, EXIT.ok, run.stderr)
-  const bench = JSON.parse(run.stdout) as {
-    tailProtection: string
-    busyPoll: boolean
-    results: {
-      scenario: string
-      appends: number
-      commits: number
-      walSyncs: number
-      dwbSyncs: number
-      dwbBytesPerRecord: number
-      cpuUsPerAppend: number
-      directIo: boolean
-      kernelCompletion: boolean
-      durableCommits: number
-    }[]
-  }
+  const bench = JSON.parse(run.stdout) as { tailProtection: string; busyPoll: boolean; results: ScenarioResult[] }
   t.is(bench.tailProtection, 'pad')
   t.true(bench.busyPoll)
   for (const r of bench.results) {
