@@ -1577,8 +1577,7 @@ export class Wal {
 
   /** How commits reach the disk, as decided at open (see {@link WalOptions.directIo}). */
   get io(): IoStatus {
-    const status = call(() => this.#handle.io)
-    return { directIo: status.directIo, kernelCompletion: status.kernelCompletion }
+    return call(() => this.#handle.io)
   }
 
   /** The protection policy and its current state. */
