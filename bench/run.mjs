@@ -142,7 +142,7 @@ function parseArgs(argv) {
 
 const BATCH = 64
 const OURS_ALL = Object.keys(OUR_CONFIGS)
-const OURS_CONCURRENT = ['dw-buffered-mirror', 'dw-direct-mirror', 'dw-pad', 'dw-buffered-pad', 'dw-off', 'dw-encrypted']
+const OURS_CONCURRENT = ['dw-buffered-mirror', 'dw-direct-mirror', 'dw-mirror-kernel', 'dw-pad', 'dw-buffered-pad', 'dw-off', 'dw-encrypted']
 /** With 64 appenders only: what the busy poll costs or buys when commits are always in flight. */
 const OURS_BUSY = ['dw-pad-busy', 'dw-mirror-busy']
 const SERIAL_PEERS = ['js-wal', 'js-dwb', 'sqlite-wal-full', 'lmdb', 'classic-level-sync']

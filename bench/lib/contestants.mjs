@@ -27,7 +27,10 @@ export const OUR_CONFIGS = {
   'dw-off': { dwbMode: 'off' },
   // Segments opened with O_DIRECT (the DWB then defaults to direct); every commit pads,
   // every commit on the commit thread (what 'dw-pad' does without the kernel's completion).
-  'dw-directio': { directIo: true, kernelCompletion: false },
+  'dw-directio': { directIo: true, tailProtection: 'pad', kernelCompletion: false },
+  // 'mirror' on O_DIRECT segments and DWB: an idle awaited append's DWB copies and WAL
+  // write go to the kernel as one submission (kernelCompletion's default).
+  'dw-mirror-kernel': { directIo: true, tailProtection: 'mirror' },
   // The defaults plus AES-256-GCM at rest (a fixed benchmark key).
   'dw-encrypted': {
     dwbMode: 'buffered',
@@ -58,7 +61,8 @@ export const DESCRIPTIONS = {
   'dw-pad': "doublewrite, tailProtection 'pad' with its defaults: O_DIRECT segments where the file system takes them, an idle awaited append written with RWF_DSYNC through Linux AIO from the JS thread and its completion watched by the event loop (kernelCompletion); one sync per commit",
   'dw-buffered-pad': "doublewrite, dwbMode 'buffered', tailProtection 'pad', directIo: false (buffered segments, every commit on the commit thread; one sync per commit)",
   'dw-off': "doublewrite, dwbMode 'off' (no DWB; commits padded to a block)",
-  'dw-directio': 'doublewrite, directIo: true, kernelCompletion: false (O_DIRECT segments and DWB; commits padded, every commit on the commit thread)',
+  'dw-directio': "doublewrite, directIo: true, tailProtection 'pad', kernelCompletion: false (O_DIRECT segments and DWB; commits padded, every commit on the commit thread)",
+  'dw-mirror-kernel': "doublewrite, directIo: true, tailProtection 'mirror' (O_DIRECT segments and DWB, commits share blocks; an idle awaited append's DWB copies and WAL write submitted together through Linux AIO with RWF_DSYNC, both flushes at once, completion watched by the event loop)",
   'dw-pad-sync': "doublewrite, tailProtection 'pad', directIo: false, through appendSync / appendBatchSync: blocks the JS thread for each commit, as better-sqlite3 does",
   'dw-mirror-sync': "doublewrite, the defaults through appendSync / appendBatchSync: blocks the JS thread for each commit",
   'dw-pad-busy': "doublewrite, tailProtection 'pad', directIo: false, busyPoll: true (awaited; the event loop turns instead of sleeping while a commit is in flight)",

@@ -192,6 +192,9 @@ mod linux {
     struct Target {
         file: File,
         direct: File,
+        /// A second prepared file: the DWB of a `mirror` commit.
+        other: File,
+        other_direct: File,
     }
 
     fn inline(target: &Target, commits: u64, first: u64) -> f64 {
@@ -385,6 +388,85 @@ mod linux {
         started.elapsed().as_secs_f64() * 1e6 / commits as f64
     }
 
+    /// The serial two-file cycle of a `mirror` commit that cannot overlap: write + fdatasync
+    /// one file, then the other (the benchmark's `device-2file`).
+    fn pair_serial(target: &Target, commits: u64, first: u64) -> f64 {
+        let (a, b) = (target.other.as_raw_fd(), target.file.as_raw_fd());
+        let block = vec![7u8; BLOCK];
+        let started = Instant::now();
+        for commit in first..first + commits {
+            write_block(a, &block, offset(commit));
+            fdatasync(a);
+            write_block(b, &block, offset(commit));
+            fdatasync(b);
+        }
+        started.elapsed().as_secs_f64() * 1e6 / commits as f64
+    }
+
+    /// Both writes submitted at once through Linux AIO, `O_DIRECT` and `RWF_DSYNC`, one
+    /// `io_submit`; the caller sleeps in `epoll_wait` until both completions are signalled:
+    /// an overlapped `mirror` commit with no thread of ours.
+    fn pair_aio_dio_dsync(target: &Target, commits: u64, first: u64) -> f64 {
+        let fds = [target.other_direct.as_raw_fd(), target.file_direct_fd()];
+        let aio = Aio::new();
+        let mut storage = Vec::new();
+        let block = aligned_block(&mut storage);
+        let started = Instant::now();
+        for commit in first..first + commits {
+            let mut requests = fds.map(|fd| Iocb {
+                opcode: IOCB_CMD_PWRITE,
+                fd: fd as u32,
+                buf: block.as_ptr() as u64,
+                nbytes: BLOCK as u64,
+                offset: offset(commit) as i64,
+                rw_flags: libc::RWF_DSYNC as u32,
+                flags: IOCB_FLAG_RESFD,
+                resfd: aio.done.eventfd as u32,
+                ..Iocb::default()
+            });
+            let [first_request, second_request] = &mut requests;
+            let mut batch: [*mut Iocb; 2] = [first_request, second_request];
+            let submitted = check("io_submit", unsafe {
+                libc::syscall(libc::SYS_io_submit, aio.context, 2, batch.as_mut_ptr())
+            });
+            assert_eq!(submitted, 2);
+            let mut reaped = 0;
+            while reaped < 2 {
+                aio.done.wait();
+                let mut events = [IoEvent::default(); 2];
+                let zero = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                let got = check("io_getevents", unsafe {
+                    libc::syscall(
+                        libc::SYS_io_getevents,
+                        aio.context,
+                        0,
+                        2,
+                        events.as_mut_ptr(),
+                        &zero,
+                    )
+                });
+                for event in &events[..got as usize] {
+                    assert_eq!(
+                        event.res, BLOCK as i64,
+                        "an AIO write failed: {}",
+                        event.res
+                    );
+                }
+                reaped += got;
+            }
+        }
+        started.elapsed().as_secs_f64() * 1e6 / commits as f64
+    }
+
+    impl Target {
+        fn file_direct_fd(&self) -> i32 {
+            self.direct.as_raw_fd()
+        }
+    }
+
     pub fn main() {
         let mut args = std::env::args().skip(1);
         let dir = args
@@ -398,18 +480,23 @@ mod linux {
             .map_or(9, |s| s.parse().expect("ROUNDS: a number"));
         std::fs::create_dir_all(&dir).expect("create DIR");
         let path = format!("{dir}/handoff_floor.dat");
+        let other_path = format!("{dir}/handoff_floor_dwb.dat");
         let target = Target {
             file: prepared_file(&path),
             direct: direct(&path),
+            other: prepared_file(&other_path),
+            other_direct: direct(&other_path),
         };
         type Way = fn(&Target, u64, u64) -> f64;
-        let ways: [(&str, Way); 6] = [
+        let ways: [(&str, Way); 8] = [
             ("inline", inline),
             ("handoff", handoff),
             ("handoff-prewake", handoff_prewake),
             ("aio-fdsync", aio_fdsync),
             ("dio-dsync", dio_dsync),
             ("aio-dio-dsync", aio_dio_dsync),
+            ("pair-serial", pair_serial),
+            ("pair-aio-dio", pair_aio_dio_dsync),
         ];
         // Per way: µs per commit of each round, and the caller's CPU µs per commit.
         let mut results = vec![Vec::new(); ways.len()];
@@ -442,6 +529,7 @@ mod linux {
         }
         drop(target);
         std::fs::remove_file(&path).expect("remove the data file");
+        std::fs::remove_file(&other_path).expect("remove the second data file");
     }
 }
 

@@ -298,6 +298,16 @@ struct Staging {
     entries: Vec<StagedEntry>,
 }
 
+/// A flush whose write is in the caller's hands ([`DoubleWriteBuffer::prepare_flush`]):
+/// its ring span and the copies it holds.
+#[derive(Debug)]
+pub struct PreparedFlush {
+    start: u64,
+    end: u64,
+    first_seq: u64,
+    entries: Vec<StagedEntry>,
+}
+
 /// Everything that touches the file, behind one lock.
 struct Ring {
     file: Arc<dyn VfsFile>,
@@ -721,6 +731,92 @@ impl DoubleWriteBuffer {
         );
         let other_result = other_result.unwrap_or_else(|| other.sync_data());
         (result.map(|()| true), other_result)
+    }
+
+    /// The staged copies as one write for the caller to submit (through
+    /// [`crate::io::DurableWrites`], alongside the WAL write they will protect the next
+    /// commit for): the file, the frames zero-padded to whole blocks, and the file offset.
+    /// Only when the flush would spare the last one ([`Self::next_flush_spares_last`]:
+    /// on a page of its own, nothing to erase) and something is staged; `None` otherwise,
+    /// with the copies still staged. Until [`Self::end_prepared_flush`] the span is in
+    /// nobody's index and no other flush may run.
+    pub fn prepare_flush(&self) -> Option<(PreparedFlush, Arc<dyn VfsFile>, AlignedBuf, u64)> {
+        if !self.next_flush_spares_last() {
+            return None;
+        }
+        let mut ring = lock(&self.ring);
+        if ring.erase.is_some() || ring.last_flush.is_none() {
+            return None;
+        }
+        let mut staging = lock(&self.staging);
+        if staging.entries.is_empty() {
+            return None;
+        }
+        let len = staging.frames.len() as u64;
+        let start = self.flush_start(&ring, len, Placement::OwnPage)?;
+        let block = u64::from(self.geometry.block_size_bytes);
+        let mut frames = std::mem::replace(
+            &mut staging.frames,
+            AlignedBuf::new(block as usize * 4, block as usize),
+        );
+        let entries = std::mem::take(&mut staging.entries);
+        drop(staging);
+        let first_seq = ring.next_seq;
+        for (i, &(_, at, record_len)) in entries.iter().enumerate() {
+            let prefix = encode_frame_prefix(record_len, first_seq + i as u64, self.geometry.salt);
+            frames.as_mut_slice()[at..at + FRAME_PREFIX_SIZE].copy_from_slice(&prefix);
+        }
+        ring.next_seq += entries.len() as u64;
+        let end = start + round_up(len, block);
+        frames.resize_zeroed((end - start) as usize);
+        // Whatever was indexed there is about to be overwritten.
+        evict(&mut ring, start, end);
+        count_written(frames.len());
+        self.bytes_written
+            .fetch_add(frames.len() as u64, Ordering::Relaxed);
+        let offset = self.geometry.ring_offset_bytes() + start;
+        let prepared = PreparedFlush {
+            start,
+            end,
+            first_seq,
+            entries,
+        };
+        Some((prepared, Arc::clone(&ring.file), frames, offset))
+    }
+
+    /// Ends a flush from [`Self::prepare_flush`]: with `durable` (its write completed,
+    /// synced) its copies are indexed and it becomes the last flush; otherwise whatever
+    /// reached the file is zeroed by the next flush, as after a failed [`Self::flush`].
+    pub fn end_prepared_flush(&self, prepared: PreparedFlush, durable: bool) {
+        let mut ring = lock(&self.ring);
+        let PreparedFlush {
+            start,
+            end,
+            first_seq,
+            entries,
+        } = prepared;
+        if !durable {
+            add_erase(&mut ring, start, end);
+            return;
+        }
+        for (i, &(lsn, at, record_len)) in entries.iter().enumerate() {
+            let frame = FrameRef {
+                seq: first_seq + i as u64,
+                ring_pos: start + at as u64,
+                record_len,
+            };
+            ring.by_pos.insert(frame.ring_pos, lsn);
+            ring.by_lsn.entry(lsn).or_default().push(frame);
+            ring.largest_frame_bytes = ring
+                .largest_frame_bytes
+                .max(FRAME_PREFIX_SIZE as u64 + u64::from(record_len));
+        }
+        ring.last_flush = Some((start, end));
+        ring.write_pos = if end >= self.geometry.ring_bytes() {
+            0
+        } else {
+            end
+        };
     }
 
     /// Where a flush of `len` bytes starts (see [`Placement`]), or `None` when it cannot

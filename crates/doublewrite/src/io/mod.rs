@@ -124,39 +124,47 @@ pub fn sync_one_then_other(
     }
 }
 
-/// Writes that are durable when they complete and complete later, one in flight at a
-/// time: the write and its fdatasync in one request the kernel finishes on its own, so a
-/// thread can start a commit and sleep in its event loop until the completion wakes it,
-/// with no thread of ours in between (docs/PERFORMANCE.md §2).
+/// Writes that are durable when they complete and complete later, one submission in flight
+/// at a time: each write and its fdatasync in one request the kernel finishes on its own,
+/// so a thread can start a commit and sleep in its event loop until the completion wakes
+/// it, with no thread of ours in between (docs/PERFORMANCE.md §2).
 ///
 /// A completed write is durable for its own range only (Linux `RWF_DSYNC` syncs the range
 /// it wrote, not the file's other dirty pages): use it on files opened with
 /// [`OpenOptions::direct`] whose every write goes through it or is synced on its own.
 pub trait DurableWrites: Send + fmt::Debug {
-    /// A descriptor that becomes readable when the write in flight completes (an eventfd
+    /// A descriptor that becomes readable when a write in flight completes (an eventfd
     /// on Linux), for an event loop to watch; `None` where completion is only learnt by
     /// [`DurableWrites::finish`] with `wait`.
     fn ready_fd(&self) -> Option<i32>;
 
-    /// Starts writing the contents of `buf` at `offset` of `file`; the length, `offset`
-    /// and the buffer must suit the file's direct-I/O alignment. The buffer stays here
-    /// until [`DurableWrites::finish`] returns it.
+    /// Starts `writes` (at most two: a `mirror` commit's DWB copies and its WAL blocks)
+    /// as one submission. They run at once and complete independently, in no order: a
+    /// caller that needs one durable before another may not submit them together. Each
+    /// length, offset and buffer must suit its file's direct-I/O alignment. The buffers
+    /// stay here until [`DurableWrites::finish`] returns them.
     ///
     /// # Errors
-    /// The write did not start (another is in flight, the kernel refused it, the file is
-    /// not one this channel can write): the buffer comes back, and nothing was written.
-    fn start(
-        &mut self,
-        file: &Arc<dyn VfsFile>,
-        buf: AlignedBuf,
-        offset: u64,
-    ) -> Result<(), (io::Error, AlignedBuf)>;
+    /// The submission did not start (another is in flight, the kernel refused it, a file
+    /// is not one this channel can write): the buffers come back. Nothing was written —
+    /// except when the kernel took only the first writes: those have completed by the
+    /// time this returns, and their ranges hold unknown bytes, unsynced.
+    fn start(&mut self, writes: Vec<DurableWrite>) -> Result<(), (io::Error, Vec<AlignedBuf>)>;
 
-    /// The outcome of the write in flight (bytes written, or the error: then the range
-    /// is in an unknown state, as after a failed fdatasync) and its buffer, once it has
-    /// completed; with `wait`, sleeps until it has. `None` while it runs (without `wait`)
-    /// and when nothing is in flight.
-    fn finish(&mut self, wait: bool) -> Option<(io::Result<usize>, AlignedBuf)>;
+    /// The outcomes of the submission in flight (per write, in the order given: bytes
+    /// written, or the error — then that range is in an unknown state, as after a failed
+    /// fdatasync) and its buffers, once every write has completed; with `wait`, sleeps
+    /// until they have. `None` while one runs (without `wait`) and when nothing is in
+    /// flight.
+    fn finish(&mut self, wait: bool) -> Option<Vec<(io::Result<usize>, AlignedBuf)>>;
+}
+
+/// One write of a [`DurableWrites`] submission: `buf`'s contents at `offset` of `file`.
+#[derive(Debug)]
+pub struct DurableWrite {
+    pub file: Arc<dyn VfsFile>,
+    pub buf: AlignedBuf,
+    pub offset: u64,
 }
 
 /// What a path names.

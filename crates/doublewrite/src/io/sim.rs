@@ -784,19 +784,22 @@ impl Vfs for SimVfs {
     }
 
     fn durable_writes(&self) -> Option<Box<dyn super::DurableWrites>> {
-        Some(Box::new(SimDurableWrites { in_flight: None }))
+        Some(Box::new(SimDurableWrites {
+            in_flight: Vec::new(),
+        }))
     }
 }
 
-/// [`super::DurableWrites`] on the simulated disk: the write lands (unsynced) when it
-/// starts and is synced when it finishes, so a crash between the two finds it as the
-/// fault model leaves any unsynced write — lost, torn or garbled — and a failing sync
-/// fails the write. Syncing the whole file is what `RWF_DSYNC` promises for the write's
-/// range; the writer sends every write of such a file through here or syncs it itself,
-/// so the file holds no other unsynced bytes for the difference to hide.
+/// [`super::DurableWrites`] on the simulated disk: each write lands (unsynced) when it
+/// starts and is synced when the submission finishes, so a crash between the two finds it
+/// as the fault model leaves any unsynced write — lost, torn or garbled, each write on its
+/// own — and a failing sync fails the write. Syncing the whole file is what `RWF_DSYNC`
+/// promises for the write's range; the writer sends every write of such a file through
+/// here or syncs it itself, so the file holds no other unsynced bytes for the difference
+/// to hide.
 #[derive(Debug)]
 struct SimDurableWrites {
-    in_flight: Option<(Arc<dyn VfsFile>, io::Result<usize>, AlignedBuf)>,
+    in_flight: Vec<(Arc<dyn VfsFile>, io::Result<usize>, AlignedBuf)>,
 }
 
 impl super::DurableWrites for SimDurableWrites {
@@ -806,26 +809,32 @@ impl super::DurableWrites for SimDurableWrites {
 
     fn start(
         &mut self,
-        file: &Arc<dyn VfsFile>,
-        buf: AlignedBuf,
-        offset: u64,
-    ) -> Result<(), (io::Error, AlignedBuf)> {
-        if self.in_flight.is_some() {
-            return Err((
-                io::Error::other("a durable write is already in flight"),
-                buf,
-            ));
+        writes: Vec<super::DurableWrite>,
+    ) -> Result<(), (io::Error, Vec<AlignedBuf>)> {
+        if !self.in_flight.is_empty() || writes.is_empty() || writes.len() > 2 {
+            let refused = io::Error::other("a durable write is already in flight");
+            return Err((refused, writes.into_iter().map(|w| w.buf).collect()));
         }
-        let written =
-            super::write_all_at(file.as_ref(), buf.as_slice(), offset).map(|()| buf.len());
-        self.in_flight = Some((Arc::clone(file), written, buf));
+        for super::DurableWrite { file, buf, offset } in writes {
+            let written =
+                super::write_all_at(file.as_ref(), buf.as_slice(), offset).map(|()| buf.len());
+            self.in_flight.push((file, written, buf));
+        }
         Ok(())
     }
 
-    fn finish(&mut self, _wait: bool) -> Option<(io::Result<usize>, AlignedBuf)> {
-        let (file, written, buf) = self.in_flight.take()?;
-        let outcome = written.and_then(|len| file.sync_data().map(|()| len));
-        Some((outcome, buf))
+    fn finish(&mut self, _wait: bool) -> Option<Vec<(io::Result<usize>, AlignedBuf)>> {
+        if self.in_flight.is_empty() {
+            return None;
+        }
+        let outcomes = self
+            .in_flight
+            .drain(..)
+            .map(|(file, written, buf)| {
+                (written.and_then(|len| file.sync_data().map(|()| len)), buf)
+            })
+            .collect();
+        Some(outcomes)
     }
 }
 

@@ -296,25 +296,27 @@ impl super::DurableWrites for AioWrites {
         Some(self.aio.ready_fd())
     }
 
-    /// The kernel holds its own reference to the open file while the write runs, so the
-    /// descriptor may be closed meanwhile.
+    /// The kernel holds its own reference to each open file while its write runs, so the
+    /// descriptors may be closed meanwhile.
     fn start(
         &mut self,
-        file: &Arc<dyn VfsFile>,
-        buf: AlignedBuf,
-        offset: u64,
-    ) -> Result<(), (io::Error, AlignedBuf)> {
-        let Some(fd) = file.direct_fd() else {
+        writes: Vec<super::DurableWrite>,
+    ) -> Result<(), (io::Error, Vec<AlignedBuf>)> {
+        if writes.iter().any(|w| w.file.direct_fd().is_none()) {
             let buffered = io::Error::new(
                 io::ErrorKind::Unsupported,
                 "a durable write needs a file opened with direct I/O",
             );
-            return Err((buffered, buf));
-        };
-        self.aio.start(fd, buf, offset)
+            return Err((buffered, writes.into_iter().map(|w| w.buf).collect()));
+        }
+        let writes = writes
+            .into_iter()
+            .map(|w| (w.file.direct_fd().expect("checked above"), w.buf, w.offset))
+            .collect();
+        self.aio.start(writes)
     }
 
-    fn finish(&mut self, wait: bool) -> Option<(io::Result<usize>, AlignedBuf)> {
+    fn finish(&mut self, wait: bool) -> Option<Vec<(io::Result<usize>, AlignedBuf)>> {
         self.aio.reap(wait)
     }
 }

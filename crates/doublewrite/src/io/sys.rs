@@ -103,21 +103,28 @@ pub fn populate_for_write(memory: &mut [std::mem::MaybeUninit<u8>]) {
 #[cfg(not(target_os = "linux"))]
 pub fn populate_for_write(_memory: &mut [std::mem::MaybeUninit<u8>]) {}
 
-/// One write at a time through Linux AIO (`io_submit`), made durable by the kernel itself
-/// (`RWF_DSYNC`: the write completes only once its range, and what reading it back needs,
-/// is on stable storage), its completion signalled to an eventfd that an event loop can
-/// wait on. The descriptor must be open with `O_DIRECT`: a buffered AIO write would run
-/// synchronously inside `io_submit`.
+/// One submission at a time through Linux AIO (`io_submit`): up to [`AIO_MAX_WRITES`]
+/// writes, each made durable by the kernel itself (`RWF_DSYNC`: a write completes only
+/// once its range, and what reading it back needs, is on stable storage), their
+/// completions signalled to an eventfd that an event loop can wait on. The descriptors
+/// must be open with `O_DIRECT`: a buffered AIO write would run synchronously inside
+/// `io_submit`.
 ///
-/// The buffer of the write in flight is owned here until the write is reaped (or the
-/// context is destroyed, which waits for it), so the kernel never reads freed memory.
+/// The buffers of the writes in flight are owned here until every one is reaped (or the
+/// context is destroyed, which waits for them), so the kernel never reads freed memory.
 #[cfg(target_os = "linux")]
 #[derive(Debug)]
 pub struct AioDsync {
     context: libc::c_ulong,
     eventfd: std::os::fd::OwnedFd,
-    in_flight: Option<crate::align::AlignedBuf>,
+    /// The submission in flight: each write's buffer and, once reaped, its result.
+    in_flight: Vec<(crate::align::AlignedBuf, Option<i64>)>,
 }
+
+/// Writes one [`AioDsync`] submission may hold: a `mirror` commit's DWB copies and its
+/// WAL blocks.
+#[cfg(target_os = "linux")]
+pub const AIO_MAX_WRITES: usize = 2;
 
 /// `struct iocb` of `<linux/aio_abi.h>` (little-endian field order of `aio_key` and
 /// `aio_rw_flags`, as on every target this builds for).
@@ -165,8 +172,9 @@ fn syscall_result(rc: libc::c_long) -> std::io::Result<libc::c_long> {
 
 #[cfg(target_os = "linux")]
 impl AioDsync {
-    /// An AIO context for one request and a non-blocking eventfd. `Err` where the kernel
-    /// has no AIO (or a seccomp profile refuses it): the caller writes and syncs instead.
+    /// An AIO context for one submission and a non-blocking eventfd. `Err` where the
+    /// kernel has no AIO (or a seccomp profile refuses it): the caller writes and syncs
+    /// instead.
     pub fn new() -> std::io::Result<AioDsync> {
         use std::os::fd::FromRawFd;
         if cfg!(target_endian = "big") {
@@ -185,11 +193,17 @@ impl AioDsync {
         let mut context: libc::c_ulong = 0;
         // SAFETY: io_setup writes the new context's id into `context`, a valid u64 that
         // must be zero on entry.
-        syscall_result(unsafe { libc::syscall(libc::SYS_io_setup, 1, &mut context) })?;
+        syscall_result(unsafe {
+            libc::syscall(
+                libc::SYS_io_setup,
+                AIO_MAX_WRITES as libc::c_long,
+                &mut context,
+            )
+        })?;
         Ok(AioDsync {
             context,
             eventfd,
-            in_flight: None,
+            in_flight: Vec::new(),
         })
     }
 
@@ -206,102 +220,169 @@ impl AioDsync {
         self.eventfd.as_raw_fd()
     }
 
-    /// Starts writing the contents of `buf` at `offset` of `fd`. The length, `offset` and
-    /// the buffer's address must suit the descriptor's direct-I/O alignment (the kernel
-    /// refuses them otherwise). At most one write is in flight: the buffer comes
-    /// back with the error when one already is, or when the kernel refuses the request.
+    /// Starts writing each buffer's contents at its offset of its descriptor, all in one
+    /// `io_submit`. Lengths, offsets and the buffers' addresses must suit the
+    /// descriptors' direct-I/O alignment (the kernel refuses them otherwise). One
+    /// submission is in flight at a time: the buffers come back with the error when one
+    /// already is, when there are more than [`AIO_MAX_WRITES`], or when the kernel
+    /// refuses the submission. If it takes only the first writes, this waits for those
+    /// before it returns the error: their ranges then hold unknown bytes, unsynced.
     pub fn start(
         &mut self,
-        fd: std::os::fd::RawFd,
-        buf: crate::align::AlignedBuf,
-        offset: u64,
-    ) -> Result<(), (std::io::Error, crate::align::AlignedBuf)> {
-        if self.in_flight.is_some() {
-            let busy = std::io::Error::other("a durable write is already in flight");
-            return Err((busy, buf));
+        writes: Vec<(std::os::fd::RawFd, crate::align::AlignedBuf, u64)>,
+    ) -> Result<(), (std::io::Error, Vec<crate::align::AlignedBuf>)> {
+        let refuse = |error: std::io::Error, writes: Vec<(i32, crate::align::AlignedBuf, u64)>| {
+            Err((error, writes.into_iter().map(|(_, buf, _)| buf).collect()))
+        };
+        if !self.in_flight.is_empty() {
+            return refuse(
+                std::io::Error::other("a durable write is already in flight"),
+                writes,
+            );
         }
-        let Ok(offset) = i64::try_from(offset) else {
-            let far = std::io::Error::from(std::io::ErrorKind::InvalidInput);
-            return Err((far, buf));
+        if writes.is_empty() || writes.len() > AIO_MAX_WRITES {
+            return refuse(
+                std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                writes,
+            );
+        }
+        let mut requests = Vec::with_capacity(writes.len());
+        for (index, (fd, buf, offset)) in writes.iter().enumerate() {
+            let Ok(offset) = i64::try_from(*offset) else {
+                return refuse(
+                    std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                    writes,
+                );
+            };
+            requests.push(Iocb {
+                data: index as u64,
+                opcode: IOCB_CMD_PWRITE,
+                fd: *fd as u32,
+                buf: buf.as_ptr() as u64,
+                nbytes: buf.len() as u64,
+                offset,
+                rw_flags: libc::RWF_DSYNC as u32,
+                flags: IOCB_FLAG_RESFD,
+                resfd: self.ready_fd() as u32,
+                ..Iocb::default()
+            });
+        }
+        let mut batch: Vec<*mut Iocb> = requests.iter_mut().map(|r| r as *mut Iocb).collect();
+        // SAFETY: `batch` points at valid iocbs for the call (the kernel copies them); the
+        // memory they name is the buffers' contents, and the buffers are kept in
+        // `in_flight`, unmoved on the heap and unread by us, until every write is reaped
+        // or the context destroyed (`Drop`), so the kernel never reads memory that was
+        // freed.
+        let submitted = unsafe {
+            libc::syscall(
+                libc::SYS_io_submit,
+                self.context,
+                batch.len() as libc::c_long,
+                batch.as_mut_ptr(),
+            )
         };
-        let mut request = Iocb {
-            opcode: IOCB_CMD_PWRITE,
-            fd: fd as u32,
-            buf: buf.as_ptr() as u64,
-            nbytes: buf.len() as u64,
-            offset,
-            rw_flags: libc::RWF_DSYNC as u32,
-            flags: IOCB_FLAG_RESFD,
-            resfd: self.ready_fd() as u32,
-            ..Iocb::default()
+        let count = writes.len();
+        let taken = match syscall_result(submitted) {
+            Ok(n) => n as usize,
+            Err(e) => return refuse(e, writes),
         };
-        let mut batch: [*mut Iocb; 1] = [&mut request];
-        // SAFETY: `batch` points at one valid iocb for the call (the kernel copies it);
-        // the memory it names is the buffer's contents, and the buffer is kept in `in_flight`,
-        // unmoved on the heap and unread by us, until the write is reaped or the context
-        // destroyed (`Drop`), so the kernel never reads memory that was freed.
-        let submitted =
-            unsafe { libc::syscall(libc::SYS_io_submit, self.context, 1, batch.as_mut_ptr()) };
-        match syscall_result(submitted) {
-            Ok(1) => {
-                self.in_flight = Some(buf);
-                Ok(())
+        self.in_flight = writes.into_iter().map(|(_, buf, _)| (buf, None)).collect();
+        if taken == count {
+            return Ok(());
+        }
+        // Only the first `taken` were accepted: let them complete, then give everything
+        // back. (`taken` is 0 only when the kernel took nothing, with no error.)
+        for (_, result) in &mut self.in_flight[taken..] {
+            *result = Some(-i64::from(libc::ECANCELED));
+        }
+        let mut buffers = Vec::new();
+        if taken > 0 {
+            if let Some(done) = self.reap(true) {
+                buffers = done.into_iter().map(|(_, buf)| buf).collect();
             }
-            Ok(_) => Err((std::io::Error::other("io_submit took no request"), buf)),
-            Err(e) => Err((e, buf)),
+        } else {
+            buffers = self.in_flight.drain(..).map(|(buf, _)| buf).collect();
         }
+        Err((
+            std::io::Error::other(format!("io_submit took {taken} of {count} writes")),
+            buffers,
+        ))
     }
 
-    /// The write in flight's outcome (bytes written) and its buffer, once it completed;
-    /// with `wait`, sleeps until it does. `None` while it runs (without `wait`) or when
-    /// nothing is in flight.
+    /// The submission in flight's outcomes (bytes written, per write, in submission
+    /// order) and buffers, once every write completed; with `wait`, sleeps until they
+    /// have. `None` while one runs (without `wait`) or when nothing is in flight.
+    #[allow(clippy::type_complexity)]
     pub fn reap(
         &mut self,
         wait: bool,
-    ) -> Option<(std::io::Result<usize>, crate::align::AlignedBuf)> {
+    ) -> Option<Vec<(std::io::Result<usize>, crate::align::AlignedBuf)>> {
         // Cleared first, even with nothing in flight: a signal that outlived the reaping
         // of its write (the kernel signals after queueing the event) must not leave the
         // descriptor readable for an event loop to spin on.
         self.clear_signal();
-        self.in_flight.as_ref()?;
-        let mut event = [IoEvent::default()];
+        if self.in_flight.is_empty() {
+            return None;
+        }
         let zero = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
         let timeout: *const libc::timespec = if wait { std::ptr::null() } else { &zero };
-        loop {
-            // SAFETY: `event` has room for the one event asked for; `timeout` is null
-            // (wait) or points at a valid timespec for the call.
+        while self.in_flight.iter().any(|(_, result)| result.is_none()) {
+            let mut events = [IoEvent::default(); AIO_MAX_WRITES];
+            let pending = self.in_flight.iter().filter(|(_, r)| r.is_none()).count();
+            // SAFETY: `events` has room for the `pending` (≤ AIO_MAX_WRITES) events asked
+            // for; `timeout` is null (wait) or points at a valid timespec for the call.
             let rc = unsafe {
                 libc::syscall(
                     libc::SYS_io_getevents,
                     self.context,
-                    1,
-                    1,
-                    event.as_mut_ptr(),
+                    if wait { 1 } else { 0 },
+                    pending as libc::c_long,
+                    events.as_mut_ptr(),
                     timeout,
                 )
             };
             match syscall_result(rc) {
                 Ok(0) => return None,
-                Ok(_) => break,
+                Ok(n) => {
+                    for event in &events[..n as usize] {
+                        if let Some((_, result)) = self.in_flight.get_mut(event.data as usize) {
+                            *result = Some(event.res);
+                        }
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // The context is broken: nothing more will complete through it.
-                    // Keep the buffer (the kernel may still read it); report the error.
-                    return Some((Err(e), crate::align::AlignedBuf::new(0, 1)));
+                    // The context is broken: nothing more will complete through it. Keep
+                    // the buffers (the kernel may still read them); report the error.
+                    let failed = (0..self.in_flight.len())
+                        .map(|_| {
+                            (
+                                Err(std::io::Error::new(e.kind(), e.to_string())),
+                                crate::align::AlignedBuf::new(0, 1),
+                            )
+                        })
+                        .collect();
+                    return Some(failed);
                 }
             }
         }
-        let buf = self.in_flight.take().expect("checked above");
-        let res = event[0].res;
-        let outcome = if res < 0 {
-            Err(std::io::Error::from_raw_os_error(-res as i32))
-        } else {
-            Ok(res as usize)
-        };
-        Some((outcome, buf))
+        let outcomes = self
+            .in_flight
+            .drain(..)
+            .map(|(buf, result)| {
+                let res = result.expect("every write reaped");
+                let outcome = if res < 0 {
+                    Err(std::io::Error::from_raw_os_error(-res as i32))
+                } else {
+                    Ok(res as usize)
+                };
+                (outcome, buf)
+            })
+            .collect();
+        Some(outcomes)
     }
 }
 
@@ -311,7 +392,7 @@ impl Drop for AioDsync {
         // SAFETY: io_destroy cancels or waits for the write in flight before it returns,
         // so the buffer dropped after it is no longer in the kernel's hands.
         let _ = unsafe { libc::syscall(libc::SYS_io_destroy, self.context) };
-        drop(self.in_flight.take());
+        self.in_flight.clear();
     }
 }
 

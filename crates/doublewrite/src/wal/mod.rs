@@ -1077,7 +1077,7 @@ fn reap_durable(shared: &Shared, wait: bool, hook: bool) -> bool {
         let _ = durable.channel.finish(false);
         return false;
     }
-    let Some((outcome, buf)) = durable.channel.finish(wait) else {
+    let Some(outcomes) = durable.channel.finish(wait) else {
         return false;
     };
     let InFlight { commit, jobs } = durable.in_flight.take().expect("checked above");
@@ -1086,7 +1086,7 @@ fn reap_durable(shared: &Shared, wait: bool, hook: bool) -> bool {
         let writer = writer
             .as_mut()
             .expect("the writer lives while a commit is in flight");
-        let result = guarded(writer, |w| w.finish_durable_commit(commit, outcome, buf));
+        let result = guarded(writer, |w| w.finish_durable_commit(commit, outcomes, true));
         shared.publish(writer);
         result
     };

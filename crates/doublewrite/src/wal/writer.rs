@@ -23,9 +23,10 @@
 //! pages.
 //!
 //! A commit whose last block would hold a record too large for a DWB slot, every commit
-//! under `TailProtection::Pad`, every commit in direct-I/O mode, and every commit while
-//! the DWB is off or failed ends with a padding record on a block boundary instead: the
-//! next commit then starts on a fresh block and puts nothing acknowledged at risk.
+//! under `TailProtection::Pad`, and every commit while the DWB is off or failed ends with
+//! a padding record on a block boundary instead: the next commit then starts on a fresh
+//! block and puts nothing acknowledged at risk. Direct I/O changes none of this: under
+//! `'mirror'` it rewrites the partial last block whole, from the tail kept in memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,20 +88,28 @@ struct Tail {
     records: Vec<RecordSpan>,
 }
 
-/// A commit whose write is in flight through [`DurableWrites`]
+/// A commit whose writes are in flight through [`DurableWrites`]
 /// ([`Writer::start_durable_commit`]); nothing of it is acknowledged yet.
 #[derive(Debug)]
 pub(crate) struct DurableCommit {
     first_lsn: u64,
     record_count: u64,
     base: u64,
-    /// End of the commit's padding record: a block boundary (direct I/O pads every
-    /// commit), so the commit leaves nothing in a partial block.
+    /// End of the commit (with its padding record, if any).
     end: u64,
     padding: u64,
-    /// Bytes the write covers from `base`: the body, zeros over a failed write's
-    /// leftovers, and zeros to the end of the direct-I/O block.
+    /// Where the WAL write starts: `base`, or the start of its block when the commit
+    /// rewrites the partial block at the end of the log (`'mirror'`).
+    write_start: u64,
+    /// Bytes the WAL write covers from `write_start`: whole blocks.
     span: u64,
+    /// The commit's bytes and records, for the tail it leaves.
+    body: Vec<u8>,
+    spans: Vec<RecordSpan>,
+    /// `'mirror'`: the DWB flush submitted with the WAL write (the copies of the records
+    /// the commit leaves in its partial last block), and whether they cover all of them.
+    copies: Option<(crate::dwb::PreparedFlush, u64)>,
+    covers_tail: bool,
 }
 
 #[derive(Debug)]
@@ -125,6 +134,11 @@ pub(crate) struct Writer {
     /// The buffer of commits written through [`DurableWrites`]; away while one is in
     /// flight (the channel holds it).
     durable_buf: Option<AlignedBuf>,
+    /// With direct I/O, this writer's own channel: a simple commit on the commit thread
+    /// (or a blocking caller's) goes through it too and waits for it, so a `'mirror'`
+    /// commit's two writes, each with its flush, run at once instead of one `O_DIRECT`
+    /// write after the other.
+    own_channel: Option<Box<dyn DurableWrites>>,
     /// The next segment, being prepared on a background thread.
     spare: Option<SpareJob>,
     /// Encryption keys; `cipher` is the active key's cipher for the active segment.
@@ -220,6 +234,11 @@ impl Writer {
             released: 0,
         };
         let block_bytes = block as usize;
+        let own_channel = if options.direct_io && !options.weakened() {
+            vfs.durable_writes()
+        } else {
+            None
+        };
         let mut writer = Writer {
             vfs,
             dir: dir.to_path_buf(),
@@ -237,6 +256,7 @@ impl Writer {
             stats: WalStats::default(),
             buf: AlignedBuf::new(block_bytes, block_bytes),
             durable_buf: Some(AlignedBuf::new(block_bytes, block_bytes)),
+            own_channel,
             options,
             dwb,
             dwb_failed,
@@ -262,7 +282,7 @@ impl Writer {
                 }
                 _ => !at_risk.is_empty(),
             };
-            if writer.options.direct_io || unprotectable {
+            if unprotectable {
                 let next = writer.next_lsn;
                 writer.roll(next, 0)?;
             }
@@ -308,10 +328,10 @@ impl Writer {
 
     /// Whether commits must end on a block boundary (see the module documentation).
     fn always_pad(&self) -> bool {
-        let weakened = self.options.weakened();
-        self.options.direct_io
-            || (self.options.tail_protection == TailProtection::Pad && !weakened)
-            || ((self.dwb.is_none() || self.dwb_failed) && !weakened)
+        let padded = self.options.tail_protection == TailProtection::Pad
+            || self.dwb.is_none()
+            || self.dwb_failed;
+        padded && !self.options.weakened()
     }
 
     /// Commits the records of `requests` as one commit and returns the first LSN.
@@ -400,6 +420,11 @@ impl Writer {
         requests: &[&[RecordInput]],
         force_pad: bool,
     ) -> Result<u64> {
+        if !force_pad {
+            if let Some(result) = self.commit_through_own_channel(requests) {
+                return result;
+            }
+        }
         let (mut body, mut spans) = self.encode(first_lsn, requests);
         let rolls_before = self.stats.segment_rolls;
         let mut base = self.place(first_lsn, &body, &spans, force_pad)?;
@@ -465,16 +490,41 @@ impl Writer {
         Ok(first_lsn)
     }
 
-    /// Starts the records of `requests` as one commit whose write (with its sync) the
-    /// kernel completes on its own, through `channel`: the commit thread is not involved,
-    /// and the caller learns of the completion from the channel (docs/PERFORMANCE.md §2).
+    /// A simple commit (see [`Self::start_durable_commit`]) through this writer's own
+    /// channel, waited for here: `None` when it is not one, with nothing done.
+    fn commit_through_own_channel(&mut self, requests: &[&[RecordInput]]) -> Option<Result<u64>> {
+        let mut channel = self.own_channel.take()?;
+        let result = match self.start_durable_commit(requests, channel.as_mut()) {
+            Ok(Some(commit)) => {
+                let outcomes = channel.finish(true).unwrap_or_default();
+                Some(self.finish_durable_commit(commit, outcomes, false))
+            }
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        };
+        self.own_channel = Some(channel);
+        result
+    }
+
+    /// Starts the records of `requests` as one commit whose writes (each with its sync)
+    /// the kernel completes on its own, through `channel`: the commit thread is not
+    /// involved, and the caller learns of the completion from the channel
+    /// (docs/PERFORMANCE.md §2).
     ///
-    /// Only the simple case goes this way: direct I/O (every commit a whole number of
-    /// fresh blocks, nothing acknowledged at risk, no DWB copy to make), the commit fits
-    /// in the active segment, and nothing is outstanding (a directory sync, a fresh
-    /// segment owed to a failed encrypted commit). `Ok(None)` otherwise, with nothing
-    /// changed and nothing written: the caller commits the usual way. Until
-    /// [`Writer::finish_durable_commit`] the writer must not be used for anything else.
+    /// Only the simple cases go this way, with direct I/O and the commit fitting in the
+    /// active segment, nothing outstanding (a directory sync, a fresh segment owed to a
+    /// failed encrypted commit):
+    /// - the log ends on a block boundary (always, under `'pad'`): one WAL write of whole
+    ///   fresh blocks, nothing acknowledged at risk;
+    /// - `'mirror'` with a direct-I/O DWB whose last flush holds the at-risk copies and
+    ///   which the new copies spare (the overlapped case of [`Writer::commit`]): the DWB
+    ///   write and the WAL write, which rewrites the partial block at the end of the log,
+    ///   go as one submission and run at once — two flushes the device overlaps, with no
+    ///   thread of ours.
+    ///
+    /// `Ok(None)` otherwise, with nothing changed and nothing written: the caller commits
+    /// the usual way. Until [`Writer::finish_durable_commit`] the writer must not be used
+    /// for anything else.
     pub(crate) fn start_durable_commit(
         &mut self,
         requests: &[&[RecordInput]],
@@ -495,14 +545,29 @@ impl Writer {
             && !self.fresh_segment_needed
             && !self.dir_sync_pending
             && record_count > 0
-            && record_count <= lsn_space_left
-            && self.active.end.is_multiple_of(self.active.block)
-            && self.at_risk(self.active.end).is_empty();
+            && record_count <= lsn_space_left;
         if !simple {
             return Ok(None);
         }
-        let (mut body, mut spans) = self.encode(first_lsn, requests);
         let base = self.active.end;
+        let at_risk = self.at_risk(base);
+        // `'mirror'` with a working DWB copies every commit's last-block records: only a
+        // direct-I/O DWB can take its write through the channel.
+        let mirror_dwb = match &self.dwb {
+            Some(dwb)
+                if self.options.tail_protection == TailProtection::Mirror && !self.dwb_failed =>
+            {
+                if dwb.mode() != crate::DwbMode::Direct || dwb.pending_records() > 0 {
+                    return Ok(None);
+                }
+                Some(dwb)
+            }
+            _ => None,
+        };
+        if !at_risk.is_empty() && (mirror_dwb.is_none() || !self.tail_copied) {
+            return Ok(None);
+        }
+        let (mut body, mut spans) = self.encode(first_lsn, requests);
         let padding = self.padding_for(base, &body, &spans, false);
         if base + body.len() as u64 + padding > self.active.size {
             // A roll or a grown segment: synchronous work for the usual path.
@@ -510,26 +575,82 @@ impl Writer {
         }
         append_padding(&mut body, &mut spans, padding, first_lsn);
         let end = base + body.len() as u64;
-        debug_assert!(
-            end.is_multiple_of(self.active.block),
-            "direct I/O pads every commit"
-        );
+        // The copies, submitted with the WAL write: only where the last flush holds the
+        // at-risk ones and this flush spares it.
+        let mut copies = None;
+        let mut covers_tail = false;
+        if let Some(dwb) = mirror_dwb {
+            if frame_bytes(at_risk.iter()) > dwb.geometry().ring_bytes() / 2
+                || at_risk.iter().any(|r| r.len > dwb.max_record_bytes())
+            {
+                return Ok(None);
+            }
+            match self.stage_copies(dwb, &at_risk, base, &body, &spans, true) {
+                Ok(covers) => covers_tail = covers,
+                Err(_) => {
+                    dwb.discard_pending();
+                    return Ok(None);
+                }
+            }
+            if dwb.pending_records() > 0 {
+                let Some(prepared) = dwb.prepare_flush() else {
+                    dwb.discard_pending();
+                    return Ok(None);
+                };
+                copies = Some(prepared);
+            } else if !at_risk.is_empty() {
+                return Ok(None);
+            }
+        }
         let Some(mut buf) = self.durable_buf.take() else {
+            if let (Some(dwb), Some((prepared, ..))) = (&self.dwb, copies) {
+                dwb.end_prepared_flush(prepared, false);
+            }
             return Ok(None);
         };
         buf.clear();
+        let write_start = round_down(base, self.active.block);
+        if write_start < base {
+            // The partial block at the end of the log, rewritten whole.
+            let from = (write_start - self.tail.start) as usize;
+            buf.extend_from_slice(&self.tail.bytes[from..from + (base - write_start) as usize]);
+        }
         buf.extend_from_slice(&body);
         // Leftovers of an earlier failed write beyond this commit's end become zeros.
-        let covered = end.max(self.active.dirty_end) - base;
+        let covered = end.max(self.active.dirty_end) - write_start;
         let span = round_up(covered, self.active.block);
         buf.resize_zeroed(span as usize);
-        match channel.start(&self.active.file, buf, base) {
-            Ok(()) => {}
-            Err((_, buf)) => {
-                // Not started, nothing written: the usual path will commit these.
-                self.durable_buf = Some(buf);
-                return Ok(None);
+        let mut writes = Vec::with_capacity(2);
+        let mut copies_meta = None;
+        if let Some((prepared, file, frames, offset)) = copies {
+            copies_meta = Some((prepared, frames.len() as u64));
+            writes.push(io::DurableWrite {
+                file,
+                buf: frames,
+                offset,
+            });
+        }
+        writes.push(io::DurableWrite {
+            file: Arc::clone(&self.active.file),
+            buf,
+            offset: write_start,
+        });
+        if let Err((_, mut buffers)) = channel.start(writes) {
+            // Not started: the WAL is untouched and the usual path will commit these.
+            // The copies' span may have been written (a submission taken in part): the
+            // next flush zeroes it.
+            if let (Some(dwb), Some((prepared, _))) = (&self.dwb, copies_meta) {
+                dwb.end_prepared_flush(prepared, false);
             }
+            if let Some(wal_buf) = buffers.pop().filter(|b| b.capacity() > 0) {
+                self.durable_buf = Some(wal_buf);
+            } else {
+                self.durable_buf = Some(AlignedBuf::new(
+                    self.active.block as usize,
+                    self.active.block as usize,
+                ));
+            }
+            return Ok(None);
         }
         self.stats.wal_bytes_written += span;
         Ok(Some(DurableCommit {
@@ -538,70 +659,109 @@ impl Writer {
             base,
             end,
             padding,
+            write_start,
             span,
+            body,
+            spans,
+            copies: copies_meta,
+            covers_tail,
         }))
     }
 
     /// Ends a commit started by [`Writer::start_durable_commit`] with the channel's
-    /// outcome and gives back its buffer: on success the records are acknowledged, as
-    /// after step 3 of [`Writer::commit`]; a write refused for lack of space is undone as
-    /// the usual path undoes a failed write (nothing of it was synced); any other failure,
-    /// or a short write, poisons the writer, as a failed fdatasync does (the range is in
-    /// an unknown state: the error may be the flush's).
+    /// outcomes (one per write, in the order submitted) and gives back the WAL write's
+    /// buffer: on success the records are acknowledged, as after step 3 of
+    /// [`Writer::commit`]; a WAL write refused for lack of space is undone as the usual
+    /// path undoes a failed write (nothing of it was synced); any other failure of it, or
+    /// a short write, poisons the writer, as a failed fdatasync does (the range is in an
+    /// unknown state: the error may be the flush's). A failed DWB write fails nothing, as
+    /// in the usual overlapped case: the last flush protected this commit.
+    /// `for_caller`: the commit was started on the caller's thread (it counts in
+    /// [`WalStats::durable_commits`]), not by this writer for itself.
     pub(crate) fn finish_durable_commit(
         &mut self,
         commit: DurableCommit,
-        outcome: std::io::Result<usize>,
-        buf: AlignedBuf,
+        mut outcomes: Vec<(std::io::Result<usize>, AlignedBuf)>,
+        for_caller: bool,
     ) -> Result<u64> {
-        self.durable_buf = Some(buf);
         let DurableCommit {
             first_lsn,
             record_count,
             base,
             end,
             padding,
+            write_start,
             span,
+            body,
+            spans,
+            copies,
+            covers_tail,
         } = commit;
+        let (outcome, buf) = outcomes.pop().unwrap_or_else(|| {
+            (
+                Err(std::io::Error::other("the channel reported no outcome")),
+                AlignedBuf::new(0, 1),
+            )
+        });
+        if buf.capacity() > 0 {
+            self.durable_buf = Some(buf);
+        } else {
+            let block = self.active.block as usize;
+            self.durable_buf = Some(AlignedBuf::new(block, block));
+        }
+        let mut copies_durable = false;
+        if let (Some((prepared, frames_len)), Some(dwb)) = (copies, &self.dwb) {
+            let copied = matches!(outcomes.pop(), Some((Ok(n), _)) if n as u64 == frames_len);
+            dwb.end_prepared_flush(prepared, copied);
+            if copied {
+                copies_durable = true;
+                self.stats.dwb_syncs += 1;
+                self.stats.overlapped_syncs += 1;
+            } else if self.options.protection != super::Protection::Strict {
+                self.dwb_failed = true;
+            }
+        }
         let failure = match outcome {
             Ok(written) if written as u64 == span => None,
             Ok(written) => Some(format!("wrote {written} of {span} bytes")),
             Err(e) if io::is_no_space(&e) => {
                 // No space: the write itself failed, before anything of it was synced —
                 // as a failed write of the usual path: its leftovers are zeroed and synced,
-                // and its LSNs come back (under encryption, with a fresh segment next).
-                self.active.dirty_end = self.active.dirty_end.max(base + span);
+                // and its LSNs come back (under encryption, with a fresh segment next);
+                // copies of its records are voided.
+                self.active.dirty_end = self.active.dirty_end.max(write_start + span);
                 if self.keys.is_some() {
                     self.fresh_segment_needed = true;
                 }
                 let error = Error::io("write WAL segment", &self.active.path, e);
-                return Err(self.undo_failed_write(error, Protected::Done));
+                let protected = if copies_durable {
+                    Protected::Flushed { covers_tail }
+                } else {
+                    Protected::Done
+                };
+                return Err(self.undo_failed_write(error, protected));
             }
             Err(e) => Some(e.to_string()),
         };
         if let Some(failure) = failure {
-            self.active.dirty_end = self.active.dirty_end.max(base + span);
+            self.active.dirty_end = self.active.dirty_end.max(write_start + span);
             let detail = format!(
-                "the durable write (RWF_DSYNC) of {} at offset {base} failed: {failure}",
+                "the durable write (RWF_DSYNC) of {} at offset {write_start} failed: {failure}",
                 self.active.path.display()
             );
             self.poisoned = Some(detail.clone());
             return Err(Error::WalPoisoned { detail });
         }
         self.stats.wal_syncs += 1;
-        self.stats.durable_commits += 1;
+        self.stats.durable_commits += u64::from(for_caller);
         self.stats.padding_bytes += padding;
         self.stats.commits += 1;
         self.stats.records += record_count;
-        self.tail_copied = false;
+        self.tail_copied = covers_tail && copies_durable;
         self.active.end = end;
         self.active.dirty_end = end;
         self.next_lsn = first_lsn + record_count;
-        // What `update_tail` leaves after a commit that ends on a block: no tail.
-        self.tail = Tail {
-            start: end,
-            ..Tail::default()
-        };
+        self.update_tail(base, &body, &spans);
         Ok(first_lsn)
     }
 
@@ -707,8 +867,7 @@ impl Writer {
         if weakness == Some(Weakness::NoDwb) {
             return Ok(Protected::Done);
         }
-        let mirror_own =
-            self.options.tail_protection == TailProtection::Mirror && !self.options.direct_io;
+        let mirror_own = self.options.tail_protection == TailProtection::Mirror;
         let usable = match &self.dwb {
             Some(dwb) if !self.dwb_failed => Some(dwb),
             _ => None,
@@ -738,33 +897,7 @@ impl Writer {
             // padded), and the writer rolls past those at open.
             return Ok(Protected::NeedsFreshSegment);
         }
-        let staged: Result<bool> = (|| {
-            for span in &at_risk {
-                let from = (span.offset - self.tail.start) as usize;
-                let bytes = &self.tail.bytes[from..from + span.len as usize];
-                let _ = dwb.write_encoded_deferred(bytes)?;
-            }
-            let mut covers_tail = true;
-            if mirror_own {
-                let budget = dwb.geometry().ring_bytes() / 2;
-                let mut used = at_risk_bytes;
-                let last_block = round_down(base + body.len() as u64, self.active.block);
-                for span in spans.iter().filter(|s| {
-                    s.user
-                        && s.len <= dwb.max_record_bytes()
-                        && base + s.offset + u64::from(s.len) > last_block
-                }) {
-                    used += frame_bytes(std::iter::once(span));
-                    if used > budget {
-                        covers_tail = false;
-                        break;
-                    }
-                    let from = span.offset as usize;
-                    let _ = dwb.write_encoded_deferred(&body[from..from + span.len as usize])?;
-                }
-            }
-            Ok(covers_tail)
-        })();
+        let staged = self.stage_copies(dwb, &at_risk, base, body, spans, mirror_own);
         let result = staged.and_then(|covers_tail| {
             let spared = at_risk.is_empty()
                 || (self.tail_copied && dwb.next_flush_spares_last())
@@ -799,6 +932,44 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Stages the copies of a commit at `base` (see [`Self::protect`]): the at-risk set,
+    /// then with `mirror_own` the commit's own records that will end in its partial last
+    /// block, up to half the ring. Returns whether those cover every one of them.
+    fn stage_copies(
+        &self,
+        dwb: &DoubleWriteBuffer,
+        at_risk: &[RecordSpan],
+        base: u64,
+        body: &[u8],
+        spans: &[RecordSpan],
+        mirror_own: bool,
+    ) -> Result<bool> {
+        for span in at_risk {
+            let from = (span.offset - self.tail.start) as usize;
+            let bytes = &self.tail.bytes[from..from + span.len as usize];
+            let _ = dwb.write_encoded_deferred(bytes)?;
+        }
+        if !mirror_own {
+            return Ok(true);
+        }
+        let budget = dwb.geometry().ring_bytes() / 2;
+        let mut used = frame_bytes(at_risk.iter());
+        let last_block = round_down(base + body.len() as u64, self.active.block);
+        for span in spans.iter().filter(|s| {
+            s.user
+                && s.len <= dwb.max_record_bytes()
+                && base + s.offset + u64::from(s.len) > last_block
+        }) {
+            used += frame_bytes(std::iter::once(span));
+            if used > budget {
+                return Ok(false);
+            }
+            let from = span.offset as usize;
+            let _ = dwb.write_encoded_deferred(&body[from..from + span.len as usize])?;
+        }
+        Ok(true)
     }
 
     /// Steps 1 and 3 overlapped (see the module documentation): the staged copies are
