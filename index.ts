@@ -711,7 +711,14 @@ export type Protection =
 
 /** What protects acknowledged records from the next commit's write. */
 export type TailProtection =
-  /** Commits are packed; the records a commit leaves in the partial last block get DWB copies, synced alongside its WAL sync, so they are durable before the next commit rewrites that block. No wasted space. */
+  /**
+   * Commits are packed; the records a commit leaves in the partial last block get DWB
+   * copies, synced alongside its WAL sync, so they are durable before the next commit
+   * rewrites that block. No wasted space. Its segments and DWB default to O_DIRECT where
+   * the file system takes it, and then an awaited append that finds the WAL idle is
+   * committed through the kernel: its DWB copies and its WAL write go as one submission,
+   * both flushes at once ({@link WalOptions.kernelCompletion}).
+   */
   | 'mirror'
   /**
    * Every commit ends on a block boundary with a padding record, so no block holding
@@ -735,16 +742,21 @@ const TAIL_PROTECTIONS: readonly TailProtection[] = ['mirror', 'pad']
 
 /** Options of {@link Wal.open}. */
 export interface WalOptions {
-  /** Mode of the WAL's double-write buffer; default {@link DwbMode.defaultForParent}(`directIo`). `'off'` protects the tail by padding instead. */
+  /**
+   * Mode of the WAL's double-write buffer; default {@link DwbMode.defaultForParent}(`directIo`)
+   * when `directIo` is given; without it, `'direct'` under `'mirror'` where the
+   * directory's file system takes O_DIRECT (as for `directIo`), else `'buffered'`.
+   * {@link Wal.io} tells which was chosen. `'off'` protects the tail by padding instead.
+   */
   dwbMode?: DwbMode
   /**
-   * Open segments with O_DIRECT (every commit then ends on a block boundary). Default:
-   * with `tailProtection: 'pad'`, O_DIRECT where the directory's file system takes it and
-   * reports its alignment (Linux ≥ 6.1 with `statx`'s `STATX_DIOALIGN`: ext4, XFS, …; not
-   * tmpfs, older kernels or other systems, which stay buffered — never an error), as a
-   * padded commit already writes whole blocks; otherwise `false`. {@link Wal.io} tells
-   * which was chosen. With O_DIRECT the log's pages do not stay in the page cache, so a
-   * replay reads from the device.
+   * Open segments with O_DIRECT. Default: O_DIRECT where the directory's file system
+   * takes it and reports its alignment (Linux ≥ 6.1 with `statx`'s `STATX_DIOALIGN`:
+   * ext4, XFS, …; not tmpfs, older kernels or other systems, which stay buffered — never
+   * an error): a commit writes whole blocks either way, and with O_DIRECT an idle awaited
+   * append can be committed through the kernel ({@link WalOptions.kernelCompletion}).
+   * {@link Wal.io} tells which was chosen. With O_DIRECT the log's pages do not stay in
+   * the page cache, so a replay reads from the device.
    */
   directIo?: boolean
   /** Size of a new segment file in bytes (preallocated); default 64 MiB, minimum 16 KiB. */
@@ -773,7 +785,9 @@ export interface WalOptions {
   busyPoll?: boolean
   /**
    * Let an awaited append whose WAL is idle commit on the JS thread, through the kernel:
-   * one `O_DIRECT` write with `RWF_DSYNC` submitted by Linux AIO, whose completion the
+   * one `O_DIRECT` write with `RWF_DSYNC` submitted by Linux AIO (under `'mirror'`, two
+   * in one submission: its DWB copies and its WAL write, which the last flush's copies
+   * already protect), whose completion the
    * kernel signals to a descriptor the event loop watches — the JS thread sleeps while
    * the device works and is woken once, by the kernel, instead of twice through the commit
    * thread. The JS thread does not wait for the device: the submission returns before the
@@ -782,7 +796,8 @@ export interface WalOptions {
    * flight, commits that roll a segment, and everything where AIO or libuv's poll handle is
    * unavailable (not Linux, a seccomp profile) take the commit thread as before; the log's
    * bytes are the same either way. Takes effect only where the segments are written with
-   * O_DIRECT (`directIo`, or `'pad'`'s default); {@link Wal.io} tells whether it did.
+   * O_DIRECT (`directIo`, or the default where the file system takes it) and, under
+   * `'mirror'`, the DWB too; {@link Wal.io} tells whether it did.
    * Default `true`; `false` commits every append on the commit thread.
    */
   kernelCompletion?: boolean
@@ -869,10 +884,12 @@ export interface WalStats {
 
 /** How commits reach the disk ({@link Wal.io}). */
 export interface IoStatus {
-  /** Segments are written with O_DIRECT (`directIo`, or `'pad'`'s default where the file system takes it). */
+  /** Segments are written with O_DIRECT (`directIo`, or the default where the file system takes it). */
   readonly directIo: boolean
   /** An awaited append that finds the WAL idle commits on the JS thread through the kernel (`kernelCompletion`). */
   readonly kernelCompletion: boolean
+  /** The DWB's mode as opened (`dwbMode`, or the default). */
+  readonly dwbMode: DwbMode
 }
 
 /** The protection policy and its state. */
@@ -929,11 +946,10 @@ function walOptions(options: unknown): CheckedWalOptions {
   }
   if (fields.kernelCompletion !== undefined) {
     out.kernelCompletion = checkBoolean('options.kernelCompletion', fields.kernelCompletion)
-    const direct = out.directIo ?? out.tailProtection === 'pad'
-    if (out.kernelCompletion && !direct) {
+    if (out.kernelCompletion && out.directIo === false) {
       throw codedError(
         'ERR_INVALID_ARG_VALUE',
-        'The "options.kernelCompletion" argument needs O_DIRECT segments: "options.directIo": true, or "options.tailProtection": \'pad\' without "directIo": false (the kernel completes O_DIRECT writes only)',
+        'The "options.kernelCompletion" argument needs O_DIRECT segments: leave out "options.directIo": false (the kernel completes O_DIRECT writes only)',
       )
     }
   }
@@ -1577,7 +1593,8 @@ export class Wal {
 
   /** How commits reach the disk, as decided at open (see {@link WalOptions.directIo}). */
   get io(): IoStatus {
-    return call(() => this.#handle.io)
+    const status = call(() => this.#handle.io)
+    return { ...status, dwbMode: status.dwbMode as DwbMode }
   }
 
   /** The protection policy and its current state. */

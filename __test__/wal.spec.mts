@@ -449,7 +449,7 @@ directTest(`direct I/O segments: many commits replay completely and reopen resum
     await Promise.all(Array.from({ length: 7 }, (_, i) => wal.append(RecordType.Put, new Uint8Array(100 + round * 50 + i).fill(round))))
   }
   t.is((await replayAll(wal)).length, 70)
-  t.true(wal.stats.paddingBytes > 0n, 'direct I/O pads each commit to the block')
+  t.is(wal.stats.paddingBytes, 0n, "'mirror' packs commits with direct I/O too: the partial last block is rewritten whole")
   assertProtected(t, wal)
   await wal.close()
   const again = await openWal(t, dir, { ...SMALL, directIo: true })
@@ -521,57 +521,68 @@ directTest(`kernelCompletion: once nothing is in flight the event loop sleeps, a
   t.is(wal.recovery.lastLsn, 174n)
 })
 
-test(`tailProtection 'pad' writes O_DIRECT where the file system takes it (and reports its alignment: ext4 and XFS on Linux ≥ 6.1; explicit directIo ${direct.ok ? 'works' : 'fails'} here), commits idle awaited appends through the kernel, and its log reopens either way`, async (t) => {
-  const dir = tempDir(t, 'wal')
-  const pad: WalOptions = { ...SMALL, tailProtection: 'pad' }
-  // The choice needs the alignment reported by statx: Linux >= 6.1, on ext4 and XFS (not
-  // tmpfs, which takes O_DIRECT without reporting it). Elsewhere it may stay buffered.
-  const [major = 0, minor = 0] = os.release().split('.').map(Number)
-  const reported =
-    process.platform === 'linux' &&
-    (major > 6 || (major === 6 && minor >= 1)) &&
-    [EXT4_MAGIC, XFS_MAGIC].includes(statfsSync(dir).type)
-  const wal = await Wal.open(dir, pad)
-  t.true(!wal.io.directIo || direct.ok, 'O_DIRECT only where the file system takes it')
-  const chosen = reported ? direct.ok : wal.io.directIo
-  t.deepEqual(wal.io, { directIo: chosen, kernelCompletion: chosen })
-  const payloads = Array.from({ length: 60 }, (_, i) => new Uint8Array(1 + ((i * 997) % 6000)).fill(i))
-  for (const payload of payloads.slice(0, 30)) await wal.append(RecordType.Put, payload)
-  if (wal.io.kernelCompletion) t.true(wal.stats.durableCommits >= 25n, `${wal.stats.durableCommits} of 30 awaited commits through the kernel`)
-  else t.is(wal.stats.durableCommits, 0n)
-  t.is(wal.stats.walSyncs, wal.stats.commits, 'one sync per commit')
-  await wal.close()
-  // The same log, buffered and on the commit thread, then with the defaults again.
-  for (const options of [{ ...pad, directIo: false }, { ...pad, kernelCompletion: false }, pad]) {
-    const again = await Wal.open(dir, options)
-    t.is(again.io.kernelCompletion, options === pad && chosen)
-    t.is(again.io.directIo, options.directIo !== false && chosen)
-    const lsn = await again.append(RecordType.Put, payloads[Number(again.recovery.lastLsn)]!)
-    t.is(lsn, again.recovery.lastLsn + 1n)
-    await again.close()
-  }
-  const last = await openWal(t, dir, pad)
-  const records = await replayAll(last)
-  t.deepEqual(
-    records.map((record) => Buffer.from(record.payload)),
-    payloads.slice(0, 33).map((payload) => Buffer.from(payload)),
-  )
-  // The mirror default and an explicit directIo: false stay buffered, with no kernel commits.
-  for (const options of [SMALL, { ...pad, directIo: false }]) {
-    const other = await openWal(t, tempDir(t, 'other'), options)
-    t.deepEqual(other.io, { directIo: false, kernelCompletion: false })
-    await other.append(RecordType.Put, bytesOf('x'))
-    t.is(other.stats.durableCommits, 0n)
-  }
-})
+for (const tailProtection of ['pad', 'mirror'] as const) {
+  test(`tailProtection '${tailProtection}' writes O_DIRECT where the file system takes it (and reports its alignment: ext4 and XFS on Linux ≥ 6.1; explicit directIo ${direct.ok ? 'works' : 'fails'} here), commits idle awaited appends through the kernel, and its log reopens either way`, async (t) => {
+    const dir = tempDir(t, 'wal')
+    const defaults: WalOptions = { ...SMALL, tailProtection }
+    // The choice needs the alignment reported by statx: Linux >= 6.1, on ext4 and XFS (not
+    // tmpfs, which takes O_DIRECT without reporting it). Elsewhere it may stay buffered.
+    const [major = 0, minor = 0] = os.release().split('.').map(Number)
+    const reported =
+      process.platform === 'linux' &&
+      (major > 6 || (major === 6 && minor >= 1)) &&
+      [EXT4_MAGIC, XFS_MAGIC].includes(statfsSync(dir).type)
+    const wal = await Wal.open(dir, defaults)
+    t.true(!wal.io.directIo || direct.ok, 'O_DIRECT only where the file system takes it')
+    const chosen = reported ? direct.ok : wal.io.directIo
+    // 'mirror' writes its DWB every commit, so it takes O_DIRECT there too; 'pad' does not.
+    const dwbMode = tailProtection === 'mirror' && chosen ? 'direct' : 'buffered'
+    t.deepEqual(wal.io, { directIo: chosen, kernelCompletion: chosen, dwbMode })
+    const payloads = Array.from({ length: 60 }, (_, i) => new Uint8Array(1 + ((i * 997) % 6000)).fill(i))
+    for (const payload of payloads.slice(0, 30)) await wal.append(RecordType.Put, payload)
+    // A 'mirror' session's first commit has no earlier flush to protect it and takes the
+    // commit thread; every idle one after it goes through the kernel.
+    if (wal.io.kernelCompletion) t.true(wal.stats.durableCommits >= 25n, `${wal.stats.durableCommits} of 30 awaited commits through the kernel`)
+    else t.is(wal.stats.durableCommits, 0n)
+    t.is(wal.stats.walSyncs, wal.stats.commits, 'one WAL sync per commit')
+    if (tailProtection === 'mirror') t.is(wal.stats.paddingBytes, 0n, "'mirror' packs its commits, O_DIRECT or not")
+    await wal.close()
+    // The same log, buffered and on the commit thread, then with the defaults again.
+    for (const options of [{ ...defaults, directIo: false }, { ...defaults, kernelCompletion: false }, defaults]) {
+      const again = await Wal.open(dir, options)
+      t.is(again.io.kernelCompletion, options === defaults && chosen)
+      t.is(again.io.directIo, options.directIo !== false && chosen)
+      const lsn = await again.append(RecordType.Put, payloads[Number(again.recovery.lastLsn)]!)
+      t.is(lsn, again.recovery.lastLsn + 1n)
+      await again.close()
+    }
+    const last = await openWal(t, dir, defaults)
+    const records = await replayAll(last)
+    t.deepEqual(
+      records.map((record) => Buffer.from(record.payload)),
+      payloads.slice(0, 33).map((payload) => Buffer.from(payload)),
+    )
+    // An explicit directIo: false stays buffered, with no kernel commits; so does an
+    // explicit buffered DWB under 'mirror' (its kernel path needs an O_DIRECT DWB).
+    const buffered = [{ ...defaults, directIo: false }, { ...defaults, dwbMode: 'buffered' as const }]
+    for (const options of buffered) {
+      const other = await openWal(t, tempDir(t, 'other'), options)
+      await other.append(RecordType.Put, bytesOf('x'))
+      await other.append(RecordType.Put, bytesOf('y'))
+      t.is(other.io.dwbMode, 'buffered')
+      if (options.directIo === false) t.deepEqual(other.io, { directIo: false, kernelCompletion: false, dwbMode: 'buffered' })
+      else if (tailProtection === 'mirror') t.is(other.stats.durableCommits, 0n)
+      if (options.directIo === false) t.is(other.stats.durableCommits, 0n)
+    }
+  })
+}
 
-test('kernelCompletion must be a boolean, and needs O_DIRECT segments (directIo, or pad without directIo: false)', async (t) => {
+test('kernelCompletion must be a boolean, and needs O_DIRECT segments (not directIo: false)', async (t) => {
   const dir = tempDir(t, 'wal')
   for (const value of [1, 'yes', null, {}]) {
     await t.throwsAsync(Wal.open(dir, { kernelCompletion: value as unknown as boolean }), coded(TypeError, 'ERR_INVALID_ARG_TYPE'))
   }
   for (const options of [
-    { kernelCompletion: true },
     { kernelCompletion: true, directIo: false },
     { kernelCompletion: true, tailProtection: 'pad', directIo: false } as const,
   ]) {

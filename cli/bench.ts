@@ -27,7 +27,8 @@ export interface BenchOptions {
   appenders: number
   /** Payload bytes of every record. */
   payloadBytes: number
-  dwbMode: DwbMode
+  /** The WAL's `dwbMode`; `undefined`: the library's default (O_DIRECT under `'mirror'` where the file system takes it). */
+  dwbMode: DwbMode | undefined
   tailProtection: TailProtection
   /** The WAL's `busyPoll`: the event loop turns instead of sleeping while a commit is in flight. */
   busyPoll: boolean
@@ -81,7 +82,7 @@ export async function benchCommand(options: BenchOptions, io: Io): Promise<numbe
   const fileSystem = fileSystemOf(parent)
   const root = mkdtempSync(path.join(parent, 'doublewrite-bench-'))
   const header =
-    `doublewrite bench: ${options.seconds} s per scenario, ${int(options.payloadBytes)}-byte payloads, DWB ${options.dwbMode}, ` +
+    `doublewrite bench: ${options.seconds} s per scenario, ${int(options.payloadBytes)}-byte payloads, DWB ${options.dwbMode ?? 'default'}, ` +
     `tail protection ${options.tailProtection}${options.busyPoll ? ', busy poll' : ''}, ` +
     `in ${parent}${fileSystem === undefined ? '' : ` (${fileSystem})`}`
   if (!options.json) {
@@ -140,7 +141,7 @@ async function scenario(name: string, appenders: number, dir: string, options: B
   // timed window. A run of a few seconds does not fill a 64 MiB segment, so it times no
   // roll either; a long, fast run does (and then pays for creating the next segment inline).
   const { dwbMode, tailProtection, busyPoll } = options
-  const wal = await Wal.open(dir, { segmentSize: 64 << 20, dwbMode, tailProtection, busyPoll, prepareSegments: false })
+  const wal = await Wal.open(dir, { segmentSize: 64 << 20, ...(dwbMode === undefined ? {} : { dwbMode }), tailProtection, busyPoll, prepareSegments: false })
   try {
     const payload = new Uint8Array(options.payloadBytes).fill(0x61)
     // Warm-up: the first commits create files and fault pages in.

@@ -141,9 +141,11 @@ Options:
   --seconds S          seconds per scenario (default 2)
   --appenders N        appenders of the concurrent scenario (default 64)
   --payload BYTES      payload bytes per record (default 128)
-  --dwb-mode MODE      buffered (default), direct or off
-  --tail-protection P  mirror (default: DWB copies, two syncs per commit) or pad (one sync;
-                       O_DIRECT and kernel completion where the file system takes them)
+  --dwb-mode MODE      buffered, direct or off (default: the library's, direct under mirror
+                       where the file system takes O_DIRECT)
+  --tail-protection P  mirror (default: DWB copies, two syncs per commit) or pad (one sync);
+                       both write O_DIRECT, and commit through the kernel, where the file
+                       system takes it
   --busy-poll          open the WALs with busyPoll: the event loop turns instead of sleeping
                        while a commit is in flight (compare the CPU column with and without)
   --dir DIR            where to create the WALs (default: the OS temp directory)
@@ -160,8 +162,8 @@ ${COMMON_OPTIONS}`,
     positionals: 0,
     async run(_positionals, values, io) {
       const { benchCommand } = require('./bench.js') as typeof import('./bench.js')
-      const dwbMode = values['dwb-mode'] ?? 'buffered'
-      if (dwbMode !== 'buffered' && dwbMode !== 'direct' && dwbMode !== 'off') {
+      const dwbMode = values['dwb-mode']
+      if (dwbMode !== undefined && dwbMode !== 'buffered' && dwbMode !== 'direct' && dwbMode !== 'off') {
         throw usage(`--dwb-mode must be buffered, direct or off, not ${String(dwbMode)}`)
       }
       const tailProtection = values['tail-protection'] ?? 'mirror'

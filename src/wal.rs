@@ -153,6 +153,8 @@ pub struct NativeIoStatus {
     pub direct_io: bool,
     /// Idle awaited appends commit on the JS thread through the kernel's durable writes.
     pub kernel_completion: bool,
+    /// The DWB's mode as opened: `'off'`, `'buffered'` or `'direct'`.
+    pub dwb_mode: String,
 }
 
 #[napi(object)]
@@ -261,8 +263,9 @@ fn size_option(name: &str, value: Option<f64>) -> Result<Option<u64>> {
 fn wal_options(options: &WalOpenOptions) -> Result<(WalOptions, Option<KeyRing>)> {
     let defaults = WalOptions::default();
     let direct_io = options.direct_io.unwrap_or(false);
-    // The DWB's mode follows an explicit `directIo` only: a `'pad'` WAL does not write its
-    // DWB per commit, and its segments' O_DIRECT is decided at open, by the file system.
+    // The DWB's mode follows an explicit `directIo`. Without one, the segments' O_DIRECT
+    // is decided at open, by the file system, and so is a `'mirror'` WAL's DWB's (which
+    // it writes every commit; `'pad'` does not).
     let dwb_mode = match &options.dwb_mode {
         Some(mode) => parse_mode(mode)?,
         None => DwbMode::default_for_parent(direct_io),
@@ -286,11 +289,14 @@ fn wal_options(options: &WalOpenOptions) -> Result<(WalOptions, Option<KeyRing>)
         None => defaults.tail_protection,
     };
     let keys = key_ring(&options.encryption)?;
-    let prefer_direct_io = options.direct_io.is_none() && tail_protection == TailProtection::Pad;
+    let prefer_direct_io = options.direct_io.is_none();
+    let prefer_direct_dwb =
+        prefer_direct_io && options.dwb_mode.is_none() && tail_protection == TailProtection::Mirror;
     let options = WalOptions {
         dwb_mode,
         direct_io,
         prefer_direct_io,
+        prefer_direct_dwb,
         segment_size_bytes: size_option("segmentSize", options.segment_size)?
             .unwrap_or(defaults.segment_size_bytes),
         dwb_capacity: options.dwb_capacity,
@@ -728,6 +734,7 @@ impl NativeWal {
             Some(state) => Ok(NativeIoStatus {
                 direct_io: state.wal.direct_io(),
                 kernel_completion: state.watch.is_some(),
+                dwb_mode: state.wal.options().dwb_mode.as_str().into(),
             }),
             None => Err(closed()),
         }

@@ -107,15 +107,13 @@ impl CaseConfig {
         // Half the direct-I/O cases commit idle appends through the kernel's durable
         // writes (`kernel_completion`: the write lands unsynced and is synced on reaping).
         options.kernel_completion = options.direct_io && extra.chance(1, 2);
-        // Half the buffered `pad` cases leave direct I/O to the file system, as the Node
-        // API's `'pad'` does (`prefer_direct_io`; the simulated disk takes O_DIRECT), and
-        // half of those commit through the kernel where that chose O_DIRECT.
-        if options.tail_protection == TailProtection::Pad
-            && !options.direct_io
-            && weakness.is_none()
-            && extra.chance(1, 2)
-        {
+        // Half the buffered cases leave direct I/O to the file system, as the Node API does
+        // by default (`prefer_direct_io`; the simulated disk takes O_DIRECT), `'mirror'`
+        // ones with a buffered DWB also the DWB's (`prefer_direct_dwb`), and half of those
+        // commit through the kernel where that chose O_DIRECT.
+        if !options.direct_io && weakness.is_none() && extra.chance(1, 2) {
             options.prefer_direct_io = true;
+            options.prefer_direct_dwb = options.tail_protection == TailProtection::Mirror;
             options.kernel_completion = extra.chance(1, 2);
         }
         CaseConfig {

@@ -146,15 +146,23 @@ pub enum Weakness {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalOptions {
     pub dwb_mode: DwbMode,
-    /// Open segments with O_DIRECT (every commit then ends on a block boundary).
+    /// Open segments with O_DIRECT.
     pub direct_io: bool,
     /// Without `direct_io`: open segments with O_DIRECT anyway where the directory's file
     /// system takes it (an O_DIRECT open there succeeds and reports its alignment, and the
     /// newest segment's block is a multiple of it), buffered elsewhere — never an error.
-    /// [`Wal::direct_io`] tells which was chosen. The Node API sets it for
-    /// `tailProtection: 'pad'` when `directIo` is not given: a padded commit already
-    /// writes whole blocks, so O_DIRECT costs it no space (docs/PERFORMANCE.md §2).
+    /// [`Wal::direct_io`] tells which was chosen. The Node API sets it when `directIo` is
+    /// not given: a commit writes whole blocks either way (the page cache writes whole
+    /// pages), and with O_DIRECT an idle commit can go through the kernel's durable writes
+    /// (`kernel_completion`; docs/PERFORMANCE.md §2).
     pub prefer_direct_io: bool,
+    /// With `dwb_mode` [`DwbMode::Buffered`]: open the DWB with O_DIRECT
+    /// ([`DwbMode::Direct`]) where the directory's file system takes it (as for
+    /// `prefer_direct_io`), buffered elsewhere — never an error. [`Wal::options`] tells
+    /// which was chosen. The Node API sets it for `'mirror'` when neither `dwbMode` nor
+    /// `directIo` is given: a `'mirror'` commit's DWB write can then go to the kernel in
+    /// one submission with its WAL write.
+    pub prefer_direct_dwb: bool,
     /// Size of a new segment; a commit that does not fit starts the next one.
     pub segment_size_bytes: u64,
     /// DWB capacity (slots) when the DWB is created.
@@ -195,6 +203,7 @@ impl Default for WalOptions {
             dwb_mode: DwbMode::Buffered,
             direct_io: false,
             prefer_direct_io: false,
+            prefer_direct_dwb: false,
             segment_size_bytes: DEFAULT_SEGMENT_SIZE_BYTES,
             dwb_capacity: None,
             dwb_max_record_bytes: None,
@@ -521,6 +530,7 @@ impl Wal {
         let mut segments = segment::list_segments(vfs.as_ref(), dir)?;
 
         let dwb_path = dir.join(DWB_FILE_NAME);
+        let mut options = options;
         let mut dwb_failed = false;
         let mut replace_dwb = false;
         let use_dwb = options.dwb_mode != DwbMode::Off && options.weakness != Some(Weakness::NoDwb);
@@ -529,8 +539,36 @@ impl Wal {
             capacity: options.dwb_capacity,
             max_record_bytes: options.dwb_max_record_bytes,
         };
+        let opened = if use_dwb
+            && options.prefer_direct_dwb
+            && options.dwb_mode == DwbMode::Buffered
+            && direct_io_fits(vfs.as_ref(), &lock_path, Some(block))
+        {
+            let direct = DwbOptions {
+                mode: DwbMode::Direct,
+                ..dwb_options
+            };
+            // Anything but a DWB that opened (or is damaged either way) is left to the
+            // buffered open below, which reports it as it would without the preference.
+            match DoubleWriteBuffer::open_with(vfs.clone(), &dwb_path, direct) {
+                opened @ (Ok(_) | Err(Error::DwbCorrupt { .. })) => {
+                    options.dwb_mode = DwbMode::Direct;
+                    Some(opened)
+                }
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let dwb_options = DwbOptions {
+            mode: options.dwb_mode,
+            ..dwb_options
+        };
         let mut dwb = if use_dwb {
-            match DoubleWriteBuffer::open_with(vfs.clone(), &dwb_path, dwb_options) {
+            let opened = opened.unwrap_or_else(|| {
+                DoubleWriteBuffer::open_with(vfs.clone(), &dwb_path, dwb_options)
+            });
+            match opened {
                 Ok(dwb) => Some(dwb),
                 Err(Error::DwbCorrupt { .. }) => {
                     // It holds only copies: recover without it, then replace it.
@@ -566,7 +604,6 @@ impl Wal {
             segments.push(SegmentFile { first_lsn: 1, path });
         }
         let recovered = recovery::recover(&vfs, &segments, dwb.as_ref(), options.weakness)?;
-        let mut options = options;
         if options.prefer_direct_io && !options.direct_io {
             let block = recovered.segments.last().map(|s| s.header.block_size_bytes);
             options.direct_io = direct_io_fits(vfs.as_ref(), &lock_path, block);
