@@ -32,6 +32,7 @@ const WORKLOADS = [
   ['W3-256', 'W3: 256 concurrent appenders (group commit)'],
 ]
 const ORDER = [
+  'dw-mirror', // the defaults since 2026-11-24 (before, 'dw-buffered-mirror' measured them)
   'dw-buffered-mirror',
   'dw-direct-mirror',
   'dw-pad',
@@ -55,7 +56,7 @@ const COLOR = (id) =>
     ? id.endsWith(`@${LAST_LABEL}`)
       ? '#1f5fbf'
       : '#9db8e3'
-    : id.startsWith('dw-') ? (id === 'dw-buffered-mirror' ? '#1f5fbf' : '#5b8fd9') : id.startsWith('js-') ? '#e08a2c' : '#7a7a7a'
+    : id.startsWith('dw-') ? (id === 'dw-mirror' ? '#1f5fbf' : '#5b8fd9') : id.startsWith('js-') ? '#e08a2c' : '#7a7a7a'
 
 const LAST_LABEL = data.machine?.packages?.at(-1)?.label ?? null
 const sizes = [...new Set(summaries.filter((s) => /^W/.test(s.workload)).map((s) => s.size))].sort((a, b) => a - b)

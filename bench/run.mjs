@@ -142,7 +142,7 @@ function parseArgs(argv) {
 
 const BATCH = 64
 const OURS_ALL = Object.keys(OUR_CONFIGS)
-const OURS_CONCURRENT = ['dw-buffered-mirror', 'dw-direct-mirror', 'dw-mirror-kernel', 'dw-pad', 'dw-buffered-pad', 'dw-off', 'dw-encrypted']
+const OURS_CONCURRENT = ['dw-mirror', 'dw-buffered-mirror', 'dw-direct-mirror', 'dw-pad', 'dw-buffered-pad', 'dw-off', 'dw-encrypted']
 /** With 64 appenders only: what the busy poll costs or buys when commits are always in flight. */
 const OURS_BUSY = ['dw-pad-busy', 'dw-mirror-busy']
 const SERIAL_PEERS = ['js-wal', 'js-dwb', 'sqlite-wal-full', 'lmdb', 'classic-level-sync']
@@ -502,8 +502,9 @@ function targets(summaries) {
   const cycle = { base: dev2, goal: 0.9, against: '0.9 × two-file cycle', unit: 'cycles/s' }
   const sqlite = { base: sq1, goal: 1, against: 'better-sqlite3 (WAL, FULL)', unit: 'commits/s' }
   const w1 = [
-    ['dw-buffered-mirror', '', cycle],
-    ['dw-direct-mirror', '', cycle],
+    ['dw-mirror', " (awaited, the defaults: O_DIRECT, kernelCompletion)", cycle],
+    ['dw-buffered-mirror', ' (awaited, directIo: false)', cycle],
+    ['dw-direct-mirror', ' (awaited, directIo: false)', cycle],
     ['dw-mirror-sync', ' (appendSync, blocking as the device loop)', cycle],
     ['dw-mirror-busy', ' (awaited, busyPoll)', cycle],
     ['dw-pad-busy', ' (awaited, busyPoll)', sqlite],
@@ -518,7 +519,7 @@ function targets(summaries) {
     const r = own.commitsPerSec / base.commitsPerSec
     check(`W1 ${config}${how} ≥ ${against}`, r, goal, r >= goal, `${fmt(own.commitsPerSec)} vs ${fmt(base.commitsPerSec)} ${unit}`)
   }
-  for (const config of ['dw-buffered-mirror', 'dw-direct-mirror', 'dw-pad', 'dw-buffered-pad', 'dw-mirror-busy', 'dw-pad-busy']) {
+  for (const config of ['dw-mirror', 'dw-buffered-mirror', 'dw-direct-mirror', 'dw-pad', 'dw-buffered-pad', 'dw-mirror-busy', 'dw-pad-busy']) {
     const w2 = get(`${config}/W2/128`)
     for (const peer of ['js-wal', 'sqlite-wal-full']) {
       const p = get(`${peer}/W2/128`)

@@ -17,8 +17,12 @@ const require = createRequire(import.meta.url)
 
 /** The configurations of our WAL that the benchmark knows, by contestant id. */
 export const OUR_CONFIGS = {
-  'dw-buffered-mirror': { dwbMode: 'buffered', tailProtection: 'mirror' },
-  'dw-direct-mirror': { dwbMode: 'direct', tailProtection: 'mirror' },
+  // The defaults ('mirror'): O_DIRECT segments and DWB where the file system takes them,
+  // an idle awaited append's DWB copies and WAL write submitted to the kernel together.
+  'dw-mirror': { tailProtection: 'mirror' },
+  // 'mirror' kept buffered (the defaults before 2026-11-24), with a buffered or a direct DWB.
+  'dw-buffered-mirror': { dwbMode: 'buffered', tailProtection: 'mirror', directIo: false },
+  'dw-direct-mirror': { dwbMode: 'direct', tailProtection: 'mirror', directIo: false },
   // 'pad' with its defaults: O_DIRECT segments where the file system takes them, and an
   // idle awaited append committed on the JS thread through the kernel (kernelCompletion).
   'dw-pad': { tailProtection: 'pad' },
@@ -28,12 +32,8 @@ export const OUR_CONFIGS = {
   // Segments opened with O_DIRECT (the DWB then defaults to direct); every commit pads,
   // every commit on the commit thread (what 'dw-pad' does without the kernel's completion).
   'dw-directio': { directIo: true, tailProtection: 'pad', kernelCompletion: false },
-  // 'mirror' on O_DIRECT segments and DWB: an idle awaited append's DWB copies and WAL
-  // write go to the kernel as one submission (kernelCompletion's default).
-  'dw-mirror-kernel': { directIo: true, tailProtection: 'mirror' },
   // The defaults plus AES-256-GCM at rest (a fixed benchmark key).
   'dw-encrypted': {
-    dwbMode: 'buffered',
     tailProtection: 'mirror',
     encryption: { keys: [{ id: 1, key: new Uint8Array(32).fill(0x5a) }], activeKeyId: 1 },
   },
@@ -41,12 +41,12 @@ export const OUR_CONFIGS = {
   // as better-sqlite3 does (W1 and W2 only: a blocking call cannot overlap). Kept buffered,
   // as measured before 'pad' chose O_DIRECT by default.
   'dw-pad-sync': { dwbMode: 'buffered', tailProtection: 'pad', directIo: false },
-  // The defaults through appendSync / appendBatchSync.
-  'dw-mirror-sync': { dwbMode: 'buffered', tailProtection: 'mirror' },
+  // Buffered 'mirror' through appendSync / appendBatchSync.
+  'dw-mirror-sync': { dwbMode: 'buffered', tailProtection: 'mirror', directIo: false },
   // Awaited appends with `busyPoll`: the event loop keeps turning while a commit is in
   // flight (the JS thread's CPU for the wake-up it saves).
   'dw-pad-busy': { dwbMode: 'buffered', tailProtection: 'pad', directIo: false, busyPoll: true },
-  'dw-mirror-busy': { dwbMode: 'buffered', tailProtection: 'mirror', busyPoll: true },
+  'dw-mirror-busy': { dwbMode: 'buffered', tailProtection: 'mirror', directIo: false, busyPoll: true },
 }
 
 /** Our contestants that commit on the JS thread (the `*Sync` twins). */
@@ -56,18 +56,18 @@ export const PEERS = ['js-wal', 'js-dwb', 'sqlite-wal-full', 'lmdb', 'classic-le
 
 /** Short description of every contestant, for the JSON and the docs. */
 export const DESCRIPTIONS = {
-  'dw-buffered-mirror': "doublewrite, dwbMode 'buffered', tailProtection 'mirror' (the defaults)",
-  'dw-direct-mirror': "doublewrite, dwbMode 'direct' (O_DIRECT DWB), tailProtection 'mirror'",
+  'dw-mirror': "doublewrite, the defaults (tailProtection 'mirror'): O_DIRECT segments and DWB where the file system takes them, commits share blocks; an idle awaited append's DWB copies and WAL write submitted together through Linux AIO with RWF_DSYNC (both flushes at once) from the JS thread, the completion watched by the event loop (kernelCompletion)",
+  'dw-buffered-mirror': "doublewrite, dwbMode 'buffered', tailProtection 'mirror', directIo: false (the defaults before 2026-11-24: buffered segments and DWB, every commit on the commit thread)",
+  'dw-direct-mirror': "doublewrite, dwbMode 'direct' (O_DIRECT DWB), tailProtection 'mirror', directIo: false (buffered segments)",
   'dw-pad': "doublewrite, tailProtection 'pad' with its defaults: O_DIRECT segments where the file system takes them, an idle awaited append written with RWF_DSYNC through Linux AIO from the JS thread and its completion watched by the event loop (kernelCompletion); one sync per commit",
   'dw-buffered-pad': "doublewrite, dwbMode 'buffered', tailProtection 'pad', directIo: false (buffered segments, every commit on the commit thread; one sync per commit)",
   'dw-off': "doublewrite, dwbMode 'off' (no DWB; commits padded to a block)",
   'dw-directio': "doublewrite, directIo: true, tailProtection 'pad', kernelCompletion: false (O_DIRECT segments and DWB; commits padded, every commit on the commit thread)",
-  'dw-mirror-kernel': "doublewrite, directIo: true, tailProtection 'mirror' (O_DIRECT segments and DWB, commits share blocks; an idle awaited append's DWB copies and WAL write submitted together through Linux AIO with RWF_DSYNC, both flushes at once, completion watched by the event loop)",
   'dw-pad-sync': "doublewrite, tailProtection 'pad', directIo: false, through appendSync / appendBatchSync: blocks the JS thread for each commit, as better-sqlite3 does",
-  'dw-mirror-sync': "doublewrite, the defaults through appendSync / appendBatchSync: blocks the JS thread for each commit",
+  'dw-mirror-sync': "doublewrite, dwbMode 'buffered', tailProtection 'mirror', directIo: false, through appendSync / appendBatchSync: blocks the JS thread for each commit",
   'dw-pad-busy': "doublewrite, tailProtection 'pad', directIo: false, busyPoll: true (awaited; the event loop turns instead of sleeping while a commit is in flight)",
-  'dw-mirror-busy': 'doublewrite, the defaults plus busyPoll: true (awaited; the event loop turns instead of sleeping while a commit is in flight)',
-  'dw-encrypted': "doublewrite, the defaults plus encryption (AES-256-GCM, one key): the cost of encryption next to dw-buffered-mirror",
+  'dw-mirror-busy': "doublewrite, dwbMode 'buffered', tailProtection 'mirror', directIo: false, busyPoll: true (awaited; the event loop turns instead of sleeping while a commit is in flight)",
+  'dw-encrypted': "doublewrite, the defaults plus encryption (AES-256-GCM, one key): the cost of encryption next to dw-mirror",
   'js-wal': 'hand-written JS log: [len][crc32][payload] frames, fs.writeSync to an O_APPEND file + fs.fdatasyncSync',
   'js-dwb': 'hand-written JS double write: the frames at offset 0 of a side file + fdatasyncSync, then appended to the log + fdatasyncSync',
   'sqlite-wal-full': 'better-sqlite3, journal_mode=WAL, synchronous=FULL; INSERT per record, one transaction per batch',
