@@ -364,6 +364,19 @@ mod linux {
         started.elapsed().as_secs_f64() * 1e6 / commits as f64
     }
 
+    /// An AIO write of `block` at commit `commit`'s offset of `fd`, with `RWF_DSYNC`.
+    fn dsync_write(fd: i32, block: &[u8], commit: u64) -> Iocb {
+        Iocb {
+            opcode: IOCB_CMD_PWRITE,
+            fd: fd as u32,
+            buf: block.as_ptr() as u64,
+            nbytes: BLOCK as u64,
+            offset: offset(commit) as i64,
+            rw_flags: libc::RWF_DSYNC as u32,
+            ..Iocb::default()
+        }
+    }
+
     fn aio_dio_dsync(target: &Target, commits: u64, first: u64) -> f64 {
         let fd = target.direct.as_raw_fd();
         let aio = Aio::new();
@@ -371,15 +384,7 @@ mod linux {
         let block = aligned_block(&mut storage);
         let started = Instant::now();
         for commit in first..first + commits {
-            let result = aio.run(Iocb {
-                opcode: IOCB_CMD_PWRITE,
-                fd: fd as u32,
-                buf: block.as_ptr() as u64,
-                nbytes: BLOCK as u64,
-                offset: offset(commit) as i64,
-                rw_flags: libc::RWF_DSYNC as u32,
-                ..Iocb::default()
-            });
+            let result = aio.run(dsync_write(fd, block, commit));
             assert_eq!(
                 result, BLOCK as i64,
                 "the AIO O_DIRECT write failed: {result}"
@@ -414,15 +419,9 @@ mod linux {
         let started = Instant::now();
         for commit in first..first + commits {
             let mut requests = fds.map(|fd| Iocb {
-                opcode: IOCB_CMD_PWRITE,
-                fd: fd as u32,
-                buf: block.as_ptr() as u64,
-                nbytes: BLOCK as u64,
-                offset: offset(commit) as i64,
-                rw_flags: libc::RWF_DSYNC as u32,
                 flags: IOCB_FLAG_RESFD,
                 resfd: aio.done.eventfd as u32,
-                ..Iocb::default()
+                ..dsync_write(fd, block, commit)
             });
             let [first_request, second_request] = &mut requests;
             let mut batch: [*mut Iocb; 2] = [first_request, second_request];

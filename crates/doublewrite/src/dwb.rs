@@ -761,12 +761,7 @@ impl DoubleWriteBuffer {
         );
         let entries = std::mem::take(&mut staging.entries);
         drop(staging);
-        let first_seq = ring.next_seq;
-        for (i, &(_, at, record_len)) in entries.iter().enumerate() {
-            let prefix = encode_frame_prefix(record_len, first_seq + i as u64, self.geometry.salt);
-            frames.as_mut_slice()[at..at + FRAME_PREFIX_SIZE].copy_from_slice(&prefix);
-        }
-        ring.next_seq += entries.len() as u64;
+        let first_seq = self.stamp_prefixes(&mut ring, &mut frames, &entries);
         let end = start + round_up(len, block);
         frames.resize_zeroed((end - start) as usize);
         // Whatever was indexed there is about to be overwritten.
@@ -799,24 +794,30 @@ impl DoubleWriteBuffer {
             add_erase(&mut ring, start, end);
             return;
         }
-        for (i, &(lsn, at, record_len)) in entries.iter().enumerate() {
-            let frame = FrameRef {
-                seq: first_seq + i as u64,
-                ring_pos: start + at as u64,
-                record_len,
-            };
-            ring.by_pos.insert(frame.ring_pos, lsn);
-            ring.by_lsn.entry(lsn).or_default().push(frame);
-            ring.largest_frame_bytes = ring
-                .largest_frame_bytes
-                .max(FRAME_PREFIX_SIZE as u64 + u64::from(record_len));
-        }
+        index_frames(&mut ring, start, first_seq, &entries);
         ring.last_flush = Some((start, end));
         ring.write_pos = if end >= self.geometry.ring_bytes() {
             0
         } else {
             end
         };
+    }
+
+    /// Writes each staged frame's prefix (length, sequence number, CRC) into `frames`,
+    /// taking the next sequence numbers; returns the first.
+    fn stamp_prefixes(
+        &self,
+        ring: &mut Ring,
+        frames: &mut AlignedBuf,
+        entries: &[StagedEntry],
+    ) -> u64 {
+        let first_seq = ring.next_seq;
+        for (i, &(_, at, record_len)) in entries.iter().enumerate() {
+            let prefix = encode_frame_prefix(record_len, first_seq + i as u64, self.geometry.salt);
+            frames.as_mut_slice()[at..at + FRAME_PREFIX_SIZE].copy_from_slice(&prefix);
+        }
+        ring.next_seq += entries.len() as u64;
+        first_seq
     }
 
     /// Where a flush of `len` bytes starts (see [`Placement`]), or `None` when it cannot
@@ -864,12 +865,7 @@ impl DoubleWriteBuffer {
             .flush_start(ring, len, placement)
             .or_else(|| self.flush_start(ring, len, Placement::Next))
             .expect("a flush within the ring always has a next position");
-        let first_seq = ring.next_seq;
-        for (i, &(_, at, record_len)) in entries.iter().enumerate() {
-            let prefix = encode_frame_prefix(record_len, first_seq + i as u64, self.geometry.salt);
-            frames.as_mut_slice()[at..at + FRAME_PREFIX_SIZE].copy_from_slice(&prefix);
-        }
-        ring.next_seq += entries.len() as u64;
+        let first_seq = self.stamp_prefixes(ring, frames, entries);
         let end = start + round_up(len, block);
         let erase = ring.erase;
         let result = (|| {
@@ -906,18 +902,7 @@ impl DoubleWriteBuffer {
         }
         // The written span replaced whatever frames were there.
         evict(ring, start, end);
-        for (i, &(lsn, at, record_len)) in entries.iter().enumerate() {
-            let frame = FrameRef {
-                seq: first_seq + i as u64,
-                ring_pos: start + at as u64,
-                record_len,
-            };
-            ring.by_pos.insert(frame.ring_pos, lsn);
-            ring.by_lsn.entry(lsn).or_default().push(frame);
-            ring.largest_frame_bytes = ring
-                .largest_frame_bytes
-                .max(FRAME_PREFIX_SIZE as u64 + u64::from(record_len));
-        }
+        index_frames(ring, start, first_seq, entries);
         ring.last_flush = (len > 0).then_some((start, end));
         ring.write_pos = if end >= ring_bytes { 0 } else { end };
         Ok(())
@@ -1210,6 +1195,22 @@ fn add_erase(ring: &mut Ring, start: u64, end: u64) {
         Some((a, b)) => (a.min(start), b.max(end)),
         None => (start, end),
     });
+}
+
+/// Indexes the frames of a flush that starts at `start` and is now durable.
+fn index_frames(ring: &mut Ring, start: u64, first_seq: u64, entries: &[StagedEntry]) {
+    for (i, &(lsn, at, record_len)) in entries.iter().enumerate() {
+        let frame = FrameRef {
+            seq: first_seq + i as u64,
+            ring_pos: start + at as u64,
+            record_len,
+        };
+        ring.by_pos.insert(frame.ring_pos, lsn);
+        ring.by_lsn.entry(lsn).or_default().push(frame);
+        ring.largest_frame_bytes = ring
+            .largest_frame_bytes
+            .max(FRAME_PREFIX_SIZE as u64 + u64::from(record_len));
+    }
 }
 
 /// Drops index entries of frames overlapping `[start, end)` of the ring.
