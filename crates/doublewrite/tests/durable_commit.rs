@@ -420,3 +420,44 @@ fn both_paths_write_the_same_bytes_under(tail_protection: TailProtection) {
         );
     }
 }
+
+/// Under `'mirror'`, a commit whose DWB copies fail while its WAL write runs out of space
+/// poisons the log instead of giving its LSNs back: the failed DWB write may have left
+/// valid copies that no flush of this session would erase (a DWB that failed under the
+/// degraded policy is not written again). Reopened, the log holds what was acknowledged.
+#[test]
+fn a_failed_mirror_copy_with_no_space_for_the_wal_poisons_the_log() {
+    let env = Env::sim();
+    let sim = env.sim.clone().unwrap();
+    let options = WalOptions {
+        protection: doublewrite::Protection::Degraded,
+        ..options_for(TailProtection::Mirror)
+    };
+    let wal = env.open(options).unwrap();
+    for lsn in 1..=3 {
+        assert_eq!(durable_append(&wal, vec![put(lsn, 100)]).unwrap(), lsn);
+    }
+    assert!(wal.stats().durable_commits >= 1, "{:?}", wal.stats());
+    // The next commit: its DWB write, its WAL write, then the DWB write's sync.
+    let next = sim.mutation_count();
+    sim.set_plan(FaultPlan {
+        no_space_at: [next + 2].into(),
+        fail_sync_at: [next + 3].into(),
+        ..FaultPlan::default()
+    });
+    let err = durable_append(&wal, vec![put(4, 100)]).unwrap_err();
+    assert_eq!(err.code(), "ERR_WAL_POISONED", "{err}");
+    assert!(err.to_string().contains("DWB copies also failed"), "{err}");
+    drop(wal);
+    sim.set_plan(FaultPlan::default());
+    let wal = env.open(options).unwrap();
+    // The refused record was never acknowledged; it may come back intact (its write
+    // landed in full before space ran out), as an unacknowledged suffix may.
+    let lsns: Vec<u64> = replay_all(&wal).iter().map(|r| r.0).collect();
+    assert!(
+        lsns == vec![1, 2, 3] || lsns == vec![1, 2, 3, 4],
+        "{lsns:?}"
+    );
+    let next = lsns.len() as u64 + 1;
+    assert_eq!(wal.append(put(next, 10)).unwrap(), next);
+}

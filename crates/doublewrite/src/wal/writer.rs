@@ -139,6 +139,9 @@ pub(crate) struct Writer {
     /// commit's two writes, each with its flush, run at once instead of one `O_DIRECT`
     /// write after the other.
     own_channel: Option<Box<dyn DurableWrites>>,
+    /// A channel refused a submission: this session commits the usual way from now on
+    /// (a refusal costs a prepared DWB flush that the next flush must erase).
+    durable_refused: bool,
     /// The next segment, being prepared on a background thread.
     spare: Option<SpareJob>,
     /// Encryption keys; `cipher` is the active key's cipher for the active segment.
@@ -257,6 +260,7 @@ impl Writer {
             buf: AlignedBuf::new(block_bytes, block_bytes),
             durable_buf: Some(AlignedBuf::new(block_bytes, block_bytes)),
             own_channel,
+            durable_refused: false,
             options,
             dwb,
             dwb_failed,
@@ -542,6 +546,7 @@ impl Writer {
             .saturating_add(1);
         let simple = self.options.direct_io
             && !self.options.weakened()
+            && !self.durable_refused
             && !self.fresh_segment_needed
             && !self.dir_sync_pending
             && record_count > 0
@@ -636,7 +641,9 @@ impl Writer {
             offset: write_start,
         });
         if let Err((_, mut buffers)) = channel.start(writes) {
-            // Not started: the WAL is untouched and the usual path will commit these.
+            // Not started: the WAL is untouched and the usual path will commit these (and,
+            // as the kernel refused once, every later commit of this session).
+            self.durable_refused = true;
             // The copies' span may have been written (a submission taken in part): the
             // next flush zeroes it.
             if let (Some(dwb), Some((prepared, _))) = (&self.dwb, copies_meta) {
@@ -709,6 +716,7 @@ impl Writer {
             let block = self.active.block as usize;
             self.durable_buf = Some(AlignedBuf::new(block, block));
         }
+        let had_copies = copies.is_some();
         let mut copies_durable = false;
         if let (Some((prepared, frames_len)), Some(dwb)) = (copies, &self.dwb) {
             let copied = matches!(outcomes.pop(), Some((Ok(n), _)) if n as u64 == frames_len);
@@ -724,6 +732,20 @@ impl Writer {
         let failure = match outcome {
             Ok(written) if written as u64 == span => None,
             Ok(written) => Some(format!("wrote {written} of {span} bytes")),
+            Err(e) if io::is_no_space(&e) && had_copies && !copies_durable => {
+                // The DWB write failed too: it may have left valid copies of these records,
+                // which no flush of this session may get to erase (a failed DWB under the
+                // degraded policy is never written again) while their LSNs would be reused.
+                // Refuse everything until the log is reopened: recovery voids every copy
+                // at or past the end of the log.
+                self.active.dirty_end = self.active.dirty_end.max(write_start + span);
+                let detail = format!(
+                    "the WAL write at offset {write_start} of {} ran out of space ({e}) while its DWB copies also failed",
+                    self.active.path.display()
+                );
+                self.poisoned = Some(detail.clone());
+                return Err(Error::WalPoisoned { detail });
+            }
             Err(e) if io::is_no_space(&e) => {
                 // No space: the write itself failed, before anything of it was synced —
                 // as a failed write of the usual path: its leftovers are zeroed and synced,
