@@ -412,7 +412,7 @@ mod linux {
     /// `io_submit`; the caller sleeps in `epoll_wait` until both completions are signalled:
     /// an overlapped `mirror` commit with no thread of ours.
     fn pair_aio_dio_dsync(target: &Target, commits: u64, first: u64) -> f64 {
-        let fds = [target.other_direct.as_raw_fd(), target.file_direct_fd()];
+        let fds = [target.other_direct.as_raw_fd(), target.direct.as_raw_fd()];
         let aio = Aio::new();
         let mut storage = Vec::new();
         let block = aligned_block(&mut storage);
@@ -458,12 +458,6 @@ mod linux {
             }
         }
         started.elapsed().as_secs_f64() * 1e6 / commits as f64
-    }
-
-    impl Target {
-        fn file_direct_fd(&self) -> i32 {
-            self.direct.as_raw_fd()
-        }
     }
 
     pub fn main() {

@@ -302,16 +302,18 @@ impl super::DurableWrites for AioWrites {
         &mut self,
         writes: Vec<super::DurableWrite>,
     ) -> Result<(), (io::Error, Vec<AlignedBuf>)> {
-        if writes.iter().any(|w| w.file.direct_fd().is_none()) {
+        let fds: Option<Vec<i32>> = writes.iter().map(|w| w.file.direct_fd()).collect();
+        let Some(fds) = fds else {
             let buffered = io::Error::new(
                 io::ErrorKind::Unsupported,
                 "a durable write needs a file opened with direct I/O",
             );
             return Err((buffered, writes.into_iter().map(|w| w.buf).collect()));
-        }
-        let writes = writes
+        };
+        let writes = fds
             .into_iter()
-            .map(|w| (w.file.direct_fd().expect("checked above"), w.buf, w.offset))
+            .zip(writes)
+            .map(|(fd, w)| (fd, w.buf, w.offset))
             .collect();
         self.aio.start(writes)
     }

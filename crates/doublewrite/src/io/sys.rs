@@ -246,15 +246,16 @@ impl AioDsync {
                 writes,
             );
         }
-        let mut requests = Vec::with_capacity(writes.len());
-        for (index, (fd, buf, offset)) in writes.iter().enumerate() {
+        // On the stack: a submission allocates nothing but the channel's record of it.
+        let mut requests: [Iocb; AIO_MAX_WRITES] = Default::default();
+        for (index, ((fd, buf, offset), request)) in writes.iter().zip(&mut requests).enumerate() {
             let Ok(offset) = i64::try_from(*offset) else {
                 return refuse(
                     std::io::Error::from(std::io::ErrorKind::InvalidInput),
                     writes,
                 );
             };
-            requests.push(Iocb {
+            *request = Iocb {
                 data: index as u64,
                 opcode: IOCB_CMD_PWRITE,
                 fd: *fd as u32,
@@ -265,9 +266,10 @@ impl AioDsync {
                 flags: IOCB_FLAG_RESFD,
                 resfd: self.ready_fd() as u32,
                 ..Iocb::default()
-            });
+            };
         }
-        let mut batch: Vec<*mut Iocb> = requests.iter_mut().map(|r| r as *mut Iocb).collect();
+        let [first, second] = &mut requests;
+        let mut batch: [*mut Iocb; AIO_MAX_WRITES] = [first, second];
         // SAFETY: `batch` points at valid iocbs for the call (the kernel copies them); the
         // memory they name is the buffers' contents, and the buffers are kept in
         // `in_flight`, unmoved on the heap and unread by us, until every write is reaped
@@ -277,7 +279,7 @@ impl AioDsync {
             libc::syscall(
                 libc::SYS_io_submit,
                 self.context,
-                batch.len() as libc::c_long,
+                writes.len() as libc::c_long,
                 batch.as_mut_ptr(),
             )
         };

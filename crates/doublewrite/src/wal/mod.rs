@@ -435,6 +435,44 @@ fn direct_io_fits(vfs: &dyn Vfs, probe: &Path, block: Option<u32>) -> bool {
     }
 }
 
+/// The DWB options `options` ask for.
+fn dwb_options(options: &WalOptions) -> DwbOptions {
+    DwbOptions {
+        mode: options.dwb_mode,
+        capacity: options.dwb_capacity,
+        max_record_bytes: options.dwb_max_record_bytes,
+    }
+}
+
+/// Opens the WAL's DWB at `path`. With [`WalOptions::prefer_direct_dwb`] and a buffered
+/// mode asked for, O_DIRECT where it fits the directory (as `prefer_direct_io` decides;
+/// `options.dwb_mode` then becomes [`DwbMode::Direct`]). Anything but a DWB that opened
+/// or is damaged either way leaves it to the buffered open, which reports it as it would
+/// without the preference.
+fn open_dwb(
+    vfs: &Arc<dyn Vfs>,
+    path: &Path,
+    lock_path: &Path,
+    block: u32,
+    options: &mut WalOptions,
+) -> Result<DoubleWriteBuffer> {
+    if options.prefer_direct_dwb
+        && options.dwb_mode == DwbMode::Buffered
+        && direct_io_fits(vfs.as_ref(), lock_path, Some(block))
+    {
+        let direct = DwbOptions {
+            mode: DwbMode::Direct,
+            ..dwb_options(options)
+        };
+        let opened = DoubleWriteBuffer::open_with(vfs.clone(), path, direct);
+        if let Ok(_) | Err(Error::DwbCorrupt { .. }) = opened {
+            options.dwb_mode = DwbMode::Direct;
+            return opened;
+        }
+    }
+    DoubleWriteBuffer::open_with(vfs.clone(), path, dwb_options(options))
+}
+
 fn check_options(options: &WalOptions) -> Result<()> {
     if options.segment_size_bytes < MIN_SEGMENT_SIZE_BYTES {
         return Err(Error::InvalidOptions {
@@ -534,41 +572,8 @@ impl Wal {
         let mut dwb_failed = false;
         let mut replace_dwb = false;
         let use_dwb = options.dwb_mode != DwbMode::Off && options.weakness != Some(Weakness::NoDwb);
-        let dwb_options = DwbOptions {
-            mode: options.dwb_mode,
-            capacity: options.dwb_capacity,
-            max_record_bytes: options.dwb_max_record_bytes,
-        };
-        let opened = if use_dwb
-            && options.prefer_direct_dwb
-            && options.dwb_mode == DwbMode::Buffered
-            && direct_io_fits(vfs.as_ref(), &lock_path, Some(block))
-        {
-            let direct = DwbOptions {
-                mode: DwbMode::Direct,
-                ..dwb_options
-            };
-            // Anything but a DWB that opened (or is damaged either way) is left to the
-            // buffered open below, which reports it as it would without the preference.
-            match DoubleWriteBuffer::open_with(vfs.clone(), &dwb_path, direct) {
-                opened @ (Ok(_) | Err(Error::DwbCorrupt { .. })) => {
-                    options.dwb_mode = DwbMode::Direct;
-                    Some(opened)
-                }
-                Err(_) => None,
-            }
-        } else {
-            None
-        };
-        let dwb_options = DwbOptions {
-            mode: options.dwb_mode,
-            ..dwb_options
-        };
         let mut dwb = if use_dwb {
-            let opened = opened.unwrap_or_else(|| {
-                DoubleWriteBuffer::open_with(vfs.clone(), &dwb_path, dwb_options)
-            });
-            match opened {
+            match open_dwb(&vfs, &dwb_path, &lock_path, block, &mut options) {
                 Ok(dwb) => Some(dwb),
                 Err(Error::DwbCorrupt { .. }) => {
                     // It holds only copies: recover without it, then replace it.
@@ -623,7 +628,7 @@ impl Wal {
             let aside = dir.join(format!("{DWB_FILE_NAME}.corrupt"));
             vfs.rename(&dwb_path, &aside)
                 .map_err(|e| Error::io("move damaged DWB aside", &dwb_path, e))?;
-            match DoubleWriteBuffer::open_with(vfs.clone(), &dwb_path, dwb_options) {
+            match DoubleWriteBuffer::open_with(vfs.clone(), &dwb_path, dwb_options(&options)) {
                 Ok(fresh) => dwb = Some(fresh),
                 Err(e) if options.protection == Protection::Strict => return Err(e),
                 Err(_) => dwb_failed = true,

@@ -585,9 +585,7 @@ impl Writer {
         let mut copies = None;
         let mut covers_tail = false;
         if let Some(dwb) = mirror_dwb {
-            if frame_bytes(at_risk.iter()) > dwb.geometry().ring_bytes() / 2
-                || at_risk.iter().any(|r| r.len > dwb.max_record_bytes())
-            {
+            if !self.copies_fit(dwb, &at_risk) {
                 return Ok(None);
             }
             match self.stage_copies(dwb, &at_risk, base, &body, &spans, true) {
@@ -613,17 +611,8 @@ impl Writer {
             }
             return Ok(None);
         };
-        buf.clear();
-        let write_start = round_down(base, self.active.block);
-        if write_start < base {
-            // The partial block at the end of the log, rewritten whole.
-            let from = (write_start - self.tail.start) as usize;
-            buf.extend_from_slice(&self.tail.bytes[from..from + (base - write_start) as usize]);
-        }
-        buf.extend_from_slice(&body);
-        // Leftovers of an earlier failed write beyond this commit's end become zeros.
-        let covered = end.max(self.active.dirty_end) - write_start;
-        let span = round_up(covered, self.active.block);
+        let write_start = lay_out_write(&mut buf, &self.tail, &self.active, base, &body, true);
+        let span = round_up(buf.len() as u64, self.active.block);
         buf.resize_zeroed(span as usize);
         let mut writes = Vec::with_capacity(2);
         let mut copies_meta = None;
@@ -649,14 +638,7 @@ impl Writer {
             if let (Some(dwb), Some((prepared, _))) = (&self.dwb, copies_meta) {
                 dwb.end_prepared_flush(prepared, false);
             }
-            if let Some(wal_buf) = buffers.pop().filter(|b| b.capacity() > 0) {
-                self.durable_buf = Some(wal_buf);
-            } else {
-                self.durable_buf = Some(AlignedBuf::new(
-                    self.active.block as usize,
-                    self.active.block as usize,
-                ));
-            }
+            self.keep_durable_buf(buffers.pop());
             return Ok(None);
         }
         self.stats.wal_bytes_written += span;
@@ -673,6 +655,14 @@ impl Writer {
             copies: copies_meta,
             covers_tail,
         }))
+    }
+
+    /// Takes back the WAL write's buffer from a channel; a fresh one when the channel
+    /// could not give it back (a broken AIO context keeps its buffers).
+    fn keep_durable_buf(&mut self, buf: Option<AlignedBuf>) {
+        let block = self.active.block as usize;
+        let buf = buf.filter(|b| b.capacity() > 0);
+        self.durable_buf = Some(buf.unwrap_or_else(|| AlignedBuf::new(block, block)));
     }
 
     /// Ends a commit started by [`Writer::start_durable_commit`] with the channel's
@@ -704,18 +694,14 @@ impl Writer {
             copies,
             covers_tail,
         } = commit;
-        let (outcome, buf) = outcomes.pop().unwrap_or_else(|| {
-            (
+        let (outcome, buf) = match outcomes.pop() {
+            Some((outcome, buf)) => (outcome, Some(buf)),
+            None => (
                 Err(std::io::Error::other("the channel reported no outcome")),
-                AlignedBuf::new(0, 1),
-            )
-        });
-        if buf.capacity() > 0 {
-            self.durable_buf = Some(buf);
-        } else {
-            let block = self.active.block as usize;
-            self.durable_buf = Some(AlignedBuf::new(block, block));
-        }
+                None,
+            ),
+        };
+        self.keep_durable_buf(buf);
         let had_copies = copies.is_some();
         let mut copies_durable = false;
         if let (Some((prepared, frames_len)), Some(dwb)) = (copies, &self.dwb) {
@@ -732,19 +718,12 @@ impl Writer {
         let failure = match outcome {
             Ok(written) if written as u64 == span => None,
             Ok(written) => Some(format!("wrote {written} of {span} bytes")),
+            // The DWB write failed too: it may have left valid copies of these records,
+            // which no flush of this session may get to erase (a failed DWB under the
+            // degraded policy is never written again) while their LSNs would be reused. So
+            // the writer is poisoned: recovery voids every copy at or past the log's end.
             Err(e) if io::is_no_space(&e) && had_copies && !copies_durable => {
-                // The DWB write failed too: it may have left valid copies of these records,
-                // which no flush of this session may get to erase (a failed DWB under the
-                // degraded policy is never written again) while their LSNs would be reused.
-                // Refuse everything until the log is reopened: recovery voids every copy
-                // at or past the end of the log.
-                self.active.dirty_end = self.active.dirty_end.max(write_start + span);
-                let detail = format!(
-                    "the WAL write at offset {write_start} of {} ran out of space ({e}) while its DWB copies also failed",
-                    self.active.path.display()
-                );
-                self.poisoned = Some(detail.clone());
-                return Err(Error::WalPoisoned { detail });
+                Some(format!("{e}, and its DWB copies also failed"))
             }
             Err(e) if io::is_no_space(&e) => {
                 // No space: the write itself failed, before anything of it was synced —
@@ -908,15 +887,7 @@ impl Writer {
         if at_risk.is_empty() && !mirror_own {
             return Ok(Protected::Done);
         }
-        let at_risk_bytes = frame_bytes(at_risk.iter());
-        if !self.options.weakened() && at_risk_bytes > dwb.geometry().ring_bytes() / 2 {
-            // Only a tail recovered from an earlier session can be this large (commits
-            // that would leave one are padded): one flush could not hold it.
-            return Ok(Protected::NeedsFreshSegment);
-        }
-        if at_risk.iter().any(|r| r.len > dwb.max_record_bytes()) {
-            // Only a recovered tail can hold one (a commit ending on such a record is
-            // padded), and the writer rolls past those at open.
+        if !self.copies_fit(dwb, &at_risk) {
             return Ok(Protected::NeedsFreshSegment);
         }
         let staged = self.stage_copies(dwb, &at_risk, base, body, spans, mirror_own);
@@ -954,6 +925,16 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Whether one flush can hold copies of the at-risk records. Only a tail recovered from
+    /// an earlier session can fail this (commits that would leave one are padded): one
+    /// larger than half the ring, or holding a record too large for a DWB slot (the
+    /// writer rolls past those at open).
+    fn copies_fit(&self, dwb: &DoubleWriteBuffer, at_risk: &[RecordSpan]) -> bool {
+        let ring_half = dwb.geometry().ring_bytes() / 2;
+        (self.options.weakened() || frame_bytes(at_risk.iter()) <= ring_half)
+            && at_risk.iter().all(|r| r.len <= dwb.max_record_bytes())
     }
 
     /// Stages the copies of a commit at `base` (see [`Self::protect`]): the at-risk set,
@@ -1059,24 +1040,9 @@ impl Writer {
     /// Step 2: write the commit's bytes at `base`.
     fn write_wal(&mut self, base: u64, body: &[u8]) -> Result<()> {
         let end = base + body.len() as u64;
-        self.buf.clear();
-        let write_start = if self.options.direct_io {
-            let start = round_down(base, self.active.block);
-            if start < base {
-                let from = (start - self.tail.start) as usize;
-                let to = (base - self.tail.start) as usize;
-                self.buf.extend_from_slice(&self.tail.bytes[from..to]);
-            }
-            start
-        } else {
-            base
-        };
-        self.buf.extend_from_slice(body);
-        // Leftovers of an earlier failed write beyond this commit's end become zeros.
-        if self.active.dirty_end > end {
-            let len = self.buf.len() + (self.active.dirty_end - end) as usize;
-            self.buf.resize_zeroed(len);
-        }
+        let direct = self.options.direct_io;
+        let write_start =
+            lay_out_write(&mut self.buf, &self.tail, &self.active, base, body, direct);
         let asked = self.buf.len() as u64;
         let span: &[u8] = if self.options.direct_io {
             self.buf.padded_slice()
@@ -1385,6 +1351,38 @@ fn open_segment_error(path: &Path, e: std::io::Error) -> Error {
         };
     }
     Error::io("open segment", path, e)
+}
+
+/// Lays out the WAL write of a commit of `body` at `base` in `buf`: with `direct`, from the
+/// start of its block (the partial block at the end of the log rewritten whole, from the
+/// tail kept in memory); then the body, and zeros over the leftovers of an earlier failed
+/// write beyond its end. Returns where the write starts.
+fn lay_out_write(
+    buf: &mut AlignedBuf,
+    tail: &Tail,
+    active: &Active,
+    base: u64,
+    body: &[u8],
+    direct: bool,
+) -> u64 {
+    buf.clear();
+    let write_start = if direct {
+        round_down(base, active.block)
+    } else {
+        base
+    };
+    if write_start < base {
+        let from = (write_start - tail.start) as usize;
+        let to = (base - tail.start) as usize;
+        buf.extend_from_slice(&tail.bytes[from..to]);
+    }
+    buf.extend_from_slice(body);
+    let end = base + body.len() as u64;
+    if active.dirty_end > end {
+        let len = buf.len() + (active.dirty_end - end) as usize;
+        buf.resize_zeroed(len);
+    }
+    write_start
 }
 
 /// Bytes the DWB frames of these records take in the ring (prefix + record each).
