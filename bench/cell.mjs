@@ -24,7 +24,8 @@ import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
 import { setImmediate as immediate, setTimeout as sleep } from 'node:timers/promises'
 
 import { isOurs, loadPackage, makeContestant } from './lib/contestants.mjs'
-import { latencySummary } from './lib/stats.mjs'
+import { startIoProbe } from './lib/ioprobe.mjs'
+import { LatencyLog, latencySummary } from './lib/stats.mjs'
 
 const spec = JSON.parse(process.argv[2] ?? '{}')
 const now = () => performance.now()
@@ -72,12 +73,16 @@ function payloadPool(size) {
 /**
  * Starts the probes of a timed window. The event-loop delay monitor (a 1 ms timer) costs
  * the JS thread ~10-20 µs per tick, which would swamp the CPU figure of a slow workload,
- * so the window is split: the first half measures the event-loop delay, `mid()` turns the
- * monitor off, and the second half measures the JS thread's CPU time and utilisation.
+ * so the window is split: the first half measures the event-loop delay and the I/O wait
+ * ({@link ioProbe}), `mid()` turns both off, and the second half measures the JS thread's
+ * CPU time and utilisation.
  * Device and WAL counters, rates and latencies cover the whole window.
  */
 /** Period of the event-loop delay monitor's timer. */
 const ELD_RESOLUTION_MS = 1
+
+/** The I/O-wait probe of workload and idle cells, started before their warm-up. */
+const ioProbe = spec.kind === 'workload' || spec.kind === 'idle' ? startIoProbe() : null
 
 function probes(contestant) {
   const stats0 = contestant?.stats?.()
@@ -85,6 +90,7 @@ function probes(contestant) {
   const dev0 = deviceWriteBytes()
   const eld = monitorEventLoopDelay({ resolution: ELD_RESOLUTION_MS })
   eld.enable()
+  ioProbe?.start()
   const t0 = now()
   let half = null
   return {
@@ -92,7 +98,8 @@ function probes(contestant) {
     mid(records) {
       if (half) return
       eld.disable()
-      half = { t: now(), records, cpu: threadCpuNs(), elu: performance.eventLoopUtilization() }
+      const io = ioProbe?.stop() ?? {}
+      half = { io, t: now(), records, cpu: threadCpuNs(), elu: performance.eventLoopUtilization() }
     },
     stop(records) {
       const t1 = now()
@@ -117,6 +124,7 @@ function probes(contestant) {
         eldMaxMs: eld.count > 0 ? Math.max(0, eld.max / 1e6 - ELD_RESOLUTION_MS) : null,
         eldIntervalP99Ms: eld.count > 0 ? eld.percentile(99) / 1e6 : null,
         eldSamples: eld.count,
+        ...half.io,
         elu: elu.utilization,
         jsCpuUsPerRecord:
           half.cpu === null || cpu1 === null || secondHalfRecords <= 0 ? null : (cpu1 - half.cpu) / 1e3 / secondHalfRecords,
@@ -146,7 +154,7 @@ async function serial(c, { size, batch, seconds, warmup }) {
     await op()
     if (c.sync) await immediate()
   }
-  const latencies = []
+  const latencies = new LatencyLog()
   const p = probes(c)
   const mid = p.t0 + (seconds * 1000) / 2
   const end = p.t0 + seconds * 1000
@@ -159,7 +167,7 @@ async function serial(c, { size, batch, seconds, warmup }) {
     if (c.sync) await immediate()
   }
   const w = p.stop(commits * batch)
-  return { ...w, commits, records: commits * batch, latencyUs: scale(latencySummary(latencies), 1000) }
+  return { ...w, commits, records: commits * batch, latencyUs: scale(latencySummary(latencies.values()), 1000) }
 }
 
 /** W3: `n` appenders, each awaiting its own append then issuing the next (closed loop). */
@@ -171,7 +179,7 @@ async function concurrent(c, { size, concurrency, seconds, warmup }) {
   let timed = false
   let windowEnd = Infinity
   let records = 0
-  const latencies = []
+  const latencies = new LatencyLog()
   const client = async () => {
     while (!stop) {
       const t = now()
@@ -205,7 +213,7 @@ async function concurrent(c, { size, concurrency, seconds, warmup }) {
     ...w,
     commits: w.stats ? w.stats.commits : null,
     records,
-    latencyUs: scale(latencySummary(latencies), 1000),
+    latencyUs: scale(latencySummary(latencies.values()), 1000),
   }
 }
 
@@ -540,6 +548,7 @@ try {
   if (!kinds[spec.kind]) throw new Error(`unknown cell kind ${spec.kind}`)
   if (spec.dir && !existsSync(spec.dir)) throw new Error(`no directory ${spec.dir}`)
   const result = await kinds[spec.kind]()
+  ioProbe?.close()
   process.stdout.write(`${JSON.stringify(result)}\n`)
   // Native libraries may keep threads alive; the result is out, so leave now.
   process.exit(0)

@@ -350,8 +350,9 @@ function summarize(cell, runs) {
   }
   if (cell.kind === 'idle') {
     s.eldP99Ms = med((r) => r.eldP99Ms)
+    s.ioWaitP99Ms = med((r) => r.ioWaitP99Ms)
     s.spread = spread(pick((r) => r.eldP99Ms))
-    s.note = 'event-loop delay p99 of an idle Node process (1 ms monitor, delay beyond its period): the floor of this machine'
+    s.note = 'event-loop delay p99 of an idle Node process (1 ms monitor, delay beyond its period) and the I/O wait p99 (a pipe message, write to callback): the floors of this machine'
     return s
   }
   if (cell.kind === 'jscost') {
@@ -382,6 +383,7 @@ function summarize(cell, runs) {
     return s
   }
   s.eldP99Ms = med((r) => r.eldP99Ms)
+  s.ioWaitP99Ms = med((r) => r.ioWaitP99Ms)
   s.elu = med((r) => r.elu)
   s.jsUsPerRecord = med((r) => r.jsCpuUsPerRecord)
   s.jsCpuUtilization = med((r) => r.jsCpuUtilization)
@@ -439,6 +441,7 @@ const COLUMNS = [
   'p99 µs',
   'max µs',
   'ELD p99 ms',
+  'I/O wait p99 ms',
   'JS CPU µs/rec',
   'DWB B/rec',
   'WAL B/rec',
@@ -449,17 +452,17 @@ const COLUMNS = [
 
 function tableRow(s) {
   if (s.runs === 0) {
-    return [s.contestant, s.size || '–', s.workload, 'error', '', '', '', '', '', '', '', '', '', '', '', s.errors[0]?.slice(0, 120) ?? '']
+    return [s.contestant, s.size || '–', s.workload, 'error', '', '', '', '', '', '', '', '', '', '', '', '', s.errors[0]?.slice(0, 120) ?? '']
   }
   if (s.workload === 'open' || s.workload === 'repair') {
     const rate = s.workload === 'open' ? `${fmt(s.gbPerSec, 2)} GB/s` : `${fmt(s.openMs, 1)} ms`
-    return ['recovery', s.size || '–', s.workload, rate, '–', pct(s.spread), '', '', '', '', '', '', '', '', '', s.note]
+    return ['recovery', s.size || '–', s.workload, rate, '–', pct(s.spread), '', '', '', '', '', '', '', '', '', '', s.note]
   }
   if (s.workload === 'idle') {
-    return ['baseline', '–', 'idle', '–', '–', pct(s.spread), '', '', '', sig(s.eldP99Ms), '', '', '', '', '', s.note]
+    return ['baseline', '–', 'idle', '–', '–', pct(s.spread), '', '', '', sig(s.eldP99Ms), sig(s.ioWaitP99Ms), '', '', '', '', '', s.note]
   }
   if (s.workload === 'jscost') {
-    return [s.contestant, s.size, 'append cost', '–', '–', pct(s.spread), '', '', '', '', sig(s.jsUsPerRecord), '', '', '', '', s.note]
+    return [s.contestant, s.size, 'append cost', '–', '–', pct(s.spread), '', '', '', '', '', sig(s.jsUsPerRecord), '', '', '', '', s.note]
   }
   return [
     s.contestant,
@@ -472,6 +475,7 @@ function tableRow(s) {
     fmt(s.p99Us),
     fmt(s.maxUs),
     s.eldP99Ms === undefined ? '' : sig(s.eldP99Ms),
+    s.ioWaitP99Ms == null ? '' : sig(s.ioWaitP99Ms),
     s.jsUsPerRecord === undefined ? '' : sig(s.jsUsPerRecord),
     s.dwbBytesPerRecord === undefined ? '' : fmt(s.dwbBytesPerRecord),
     s.walBytesPerRecord === undefined ? '' : fmt(s.walBytesPerRecord),
@@ -548,7 +552,8 @@ function targets(summaries) {
   const ours = summaries.filter((s) => s.runs > 0 && s.contestant.startsWith('dw-') && s.workload.startsWith('W3'))
   if (ours.length) {
     const worst = ours.reduce((a, b) => ((b.eldP99Ms ?? 0) > (a.eldP99Ms ?? 0) ? b : a))
-    check('event-loop delay p99 ≤ 1 ms under full load (worst W3 cell of ours)', worst.eldP99Ms, 1, worst.eldP99Ms <= 1, worst.id)
+    const io = ours.reduce((a, b) => ((b.ioWaitP99Ms ?? 0) > (a.ioWaitP99Ms ?? 0) ? b : a))
+    check('event-loop delay p99 ≤ 1 ms under full load (worst W3 cell of ours)', worst.eldP99Ms, 1, worst.eldP99Ms <= 1, `${worst.id}; worst I/O wait p99 ${sig(io.ioWaitP99Ms)} ms (${io.id})`)
   }
   for (const s of summaries.filter((x) => x.workload === 'jscost' && x.runs > 0)) {
     const build = s.contestant.includes('@') ? `, ${s.contestant.split('@')[1]}` : ''

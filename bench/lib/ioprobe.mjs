@@ -1,0 +1,56 @@
+// How long an I/O event waits for the JS thread: what a request arriving at a server would
+// see. A child process writes its CLOCK_MONOTONIC time to a pipe about every millisecond;
+// the 'data' callback records, for each message, the time from its write to the callback.
+//
+// monitorEventLoopDelay cannot show this by itself: libuv's loop clock counts whole
+// milliseconds, so an event loop that woke for other work within the millisecond before
+// the monitor's timer is due goes back to sleep with a 1 ms timeout and fires the timer up
+// to ~1 ms late while the thread sits idle in epoll_wait (docs/PERFORMANCE.md §6). An event
+// that arrives wakes the loop at once; its wait is the JS thread's real availability.
+
+import { spawn } from 'node:child_process'
+
+import { percentileSorted } from './stats.mjs'
+
+const SENDER = `
+const b = Buffer.alloc(8)
+setInterval(() => { b.writeBigUInt64LE(process.hrtime.bigint()); process.stdout.write(b) }, 1)
+process.stdin.on('end', () => process.exit(0))
+process.stdin.resume()`
+
+/** Starts the sender (before the warm-up: spawning costs the JS thread milliseconds). */
+export function startIoProbe() {
+  const child = spawn(process.execPath, ['-e', SENDER], { stdio: ['pipe', 'pipe', 'ignore'] })
+  const waits = []
+  let recording = false
+  let rest = Buffer.alloc(0)
+  child.stdout.on('data', (chunk) => {
+    const t = process.hrtime.bigint()
+    const buf = rest.length > 0 ? Buffer.concat([rest, chunk]) : chunk
+    let i = 0
+    for (; i + 8 <= buf.length; i += 8) if (recording) waits.push(Number(t - buf.readBigUInt64LE(i)) / 1e6)
+    rest = buf.subarray(i)
+  })
+  child.on('error', () => {})
+  return {
+    /** Starts recording the waits. */
+    start() {
+      recording = true
+    },
+    /** Stops recording; p99 and max of the waits in ms (null if none). */
+    stop() {
+      recording = false
+      const sorted = Float64Array.from(waits).sort()
+      return {
+        ioWaitP99Ms: sorted.length ? percentileSorted(sorted, 99) : null,
+        ioWaitMaxMs: sorted.length ? sorted[sorted.length - 1] : null,
+        ioWaitSamples: sorted.length,
+      }
+    },
+    /** Ends the sender. */
+    close() {
+      child.stdin.end()
+      child.stdout.destroy()
+    },
+  }
+}
