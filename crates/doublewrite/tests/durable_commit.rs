@@ -229,7 +229,7 @@ fn a_failed_durable_write_poisons_the_log() {
 /// appear only as an intact, contiguous suffix, and the log takes appends again.
 #[test]
 fn every_crash_point_of_durable_commits() {
-    every_crash_point(TailProtection::Pad, 700);
+    every_crash_point(TailProtection::Pad, 700, FaultPlan::default(), 8..=12);
 }
 
 /// The same under `'mirror'`, with records small enough to share blocks: every commit
@@ -237,12 +237,33 @@ fn every_crash_point_of_durable_commits() {
 /// write in flight together.
 #[test]
 fn every_crash_point_of_durable_mirror_commits() {
-    every_crash_point(TailProtection::Mirror, 100);
+    every_crash_point(TailProtection::Mirror, 100, FaultPlan::default(), 8..=12);
 }
 
-fn every_crash_point(tail_protection: TailProtection, min_len: usize) {
+/// The same when the kernel takes a `'mirror'` commit's submission only in part (its
+/// DWB write lands, unsynced; the WAL write is refused, as `io_submit` may): that commit
+/// and every later one of the session go the usual way, and the copies the partial write
+/// left are never mistaken for records at recovery. The two pairs before it go through
+/// the kernel, and nothing after it does.
+#[test]
+fn every_crash_point_after_a_submission_taken_in_part() {
+    let faults = FaultPlan {
+        durable_taken_in_part: Some(3),
+        ..FaultPlan::default()
+    };
+    every_crash_point(TailProtection::Mirror, 100, faults, 2..=2);
+}
+
+/// Crashes a run of 12 durable appends at each of its mutations in turn, on a disk with
+/// `faults`; the run without a crash sends `through_kernel` of them through the kernel.
+fn every_crash_point(
+    tail_protection: TailProtection,
+    min_len: usize,
+    faults: FaultPlan,
+    through_kernel: std::ops::RangeInclusive<u64>,
+) {
     let options = || options_for(tail_protection);
-    let through_kernel = std::cell::Cell::new(0);
+    let kernel_commits = std::cell::Cell::new(0);
     let run = |env: &Env, acked: &mut Vec<(u64, usize)>| -> Vec<(u64, usize)> {
         let mut attempted = Vec::new();
         let Ok(wal) = env.open(options()) else {
@@ -259,19 +280,26 @@ fn every_crash_point(tail_protection: TailProtection, min_len: usize) {
                 Err(_) => break,
             }
         }
-        through_kernel.set(wal.stats().durable_commits);
+        kernel_commits.set(wal.stats().durable_commits);
         attempted
     };
     let env = Env::sim();
     let sim = env.sim.clone().unwrap();
+    sim.set_plan(faults.clone());
     let base = sim.mutation_count();
-    run(&env, &mut Vec::new());
+    let mut acked = Vec::new();
+    run(&env, &mut acked);
     let steps = sim.mutation_count() - base;
     assert!(steps > 20, "only {steps} steps");
+    assert_eq!(
+        acked.len(),
+        12,
+        "without a crash every append is acknowledged"
+    );
     assert!(
-        through_kernel.get() >= 8,
-        "{} of 12 commits went through the kernel",
-        through_kernel.get()
+        through_kernel.contains(&kernel_commits.get()),
+        "{} of 12 commits went through the kernel, not {through_kernel:?}",
+        kernel_commits.get()
     );
     let mut crashes = 0;
     for step in 1..=steps {
@@ -282,7 +310,7 @@ fn every_crash_point(tail_protection: TailProtection, min_len: usize) {
             let sim = env.sim.clone().unwrap();
             sim.set_plan(FaultPlan {
                 crash_at: Some(sim.mutation_count() + step),
-                ..FaultPlan::default()
+                ..faults.clone()
             });
             let mut acked = Vec::new();
             let attempted = run(&env, &mut acked);
@@ -460,4 +488,83 @@ fn a_failed_mirror_copy_with_no_space_for_the_wal_poisons_the_log() {
     );
     let next = lsns.len() as u64 + 1;
     assert_eq!(wal.append(put(next, 10)).unwrap(), next);
+}
+
+/// Under `'strict'`, a `'mirror'` commit whose DWB copies fail on the kernel path is still
+/// acknowledged — the last flush protected it — and the DWB stays in use: the next commit
+/// finds its tail without a copy and goes the usual way (copies synced first), the one
+/// after goes through the kernel again, and no record is ever left unprotected. After
+/// every crash point of the session, the log holds every acknowledged record.
+#[test]
+fn a_failed_mirror_copy_under_strict_acknowledges_and_keeps_the_dwb() {
+    let options = || options_for(TailProtection::Mirror);
+    assert_eq!(options().protection, doublewrite::Protection::Strict);
+    // `crash_at`: the mutation (counted from the disk's start) at which power is lost.
+    let run = |env: &Env, crash_at: Option<u64>, acked: &mut Vec<u64>| -> Option<(u64, u64)> {
+        let sim = env.sim.clone().unwrap();
+        sim.set_plan(FaultPlan {
+            crash_at,
+            ..FaultPlan::default()
+        });
+        let wal = env.open(options()).ok()?;
+        for lsn in 1..=3 {
+            durable_append(&wal, vec![put(lsn, 100)]).ok()?;
+            acked.push(lsn);
+        }
+        let before = wal.stats().durable_commits;
+        // The next commit: its DWB write, its WAL write, then the DWB write's sync.
+        sim.set_plan(FaultPlan {
+            fail_sync_at: [sim.mutation_count() + 3].into(),
+            crash_at,
+            ..FaultPlan::default()
+        });
+        durable_append(&wal, vec![put(4, 100)]).ok()?;
+        acked.push(4);
+        let copy_failed = wal.stats().durable_commits;
+        durable_append(&wal, vec![put(5, 100)]).ok()?;
+        acked.push(5);
+        let usual = wal.stats().durable_commits;
+        durable_append(&wal, vec![put(6, 100)]).ok()?;
+        acked.push(6);
+        let status = wal.protection();
+        assert_eq!(status.state, doublewrite::ProtectionState::Active);
+        assert_eq!(status.unprotected_records, 0);
+        assert_eq!(copy_failed, before + 1, "commit 4 went through the kernel");
+        Some((usual - copy_failed, wal.stats().durable_commits - usual))
+    };
+    let env = Env::sim();
+    let sim = env.sim.clone().unwrap();
+    let base = sim.mutation_count();
+    let (fifth, sixth) = run(&env, None, &mut Vec::new()).expect("no crash planned");
+    assert_eq!(
+        (fifth, sixth),
+        (0, 1),
+        "commit 5 the usual way, commit 6 through the kernel"
+    );
+    let steps = sim.mutation_count() - base;
+    for step in 1..=steps {
+        for (variant, policy) in [TearPolicy::KeepOld, TearPolicy::KeepNew, TearPolicy::Random]
+            .into_iter()
+            .enumerate()
+        {
+            let env = Env::sim();
+            let sim = env.sim.clone().unwrap();
+            let mut acked = Vec::new();
+            run(&env, Some(sim.mutation_count() + step), &mut acked);
+            sim.power_off();
+            sim.crash(&mut SimRng::new(step * 31 + variant as u64), policy);
+            let wal = env.open(options()).unwrap();
+            let records = replay_all(&wal);
+            let label = format!("crash at step {step}/{steps}, {policy:?}");
+            for (i, (lsn, bytes)) in records.iter().enumerate() {
+                assert_eq!(*lsn, i as u64 + 1, "{label}: LSNs not contiguous");
+                assert!(bytes == &payload(*lsn, 100), "{label}: LSN {lsn} torn");
+            }
+            let last = records.last().map_or(0, |r| r.0);
+            assert!(
+                last >= acked.last().copied().unwrap_or(0),
+                "{label}: acknowledged {acked:?}, log ends at {last}"
+            );
+        }
+    }
 }

@@ -78,6 +78,10 @@ pub struct FaultPlan {
     /// A named fault point: the fault fires at the `nth` (1-based) operation of `op` on a
     /// file whose name contains `file` — e.g. the first sync of `wal.dwb`.
     pub at_point: Option<FaultPoint>,
+    /// The `nth` (1-based, over the disk's life) durable submission of two writes is
+    /// taken only in part, as `io_submit` may: its first write lands (unsynced) and the
+    /// submission is refused.
+    pub durable_taken_in_part: Option<u64>,
 }
 
 /// An operation a [`FaultPoint`] can name.
@@ -217,6 +221,8 @@ struct State {
     boot: u64,
     stats: SimStats,
     direct_io_alignment: usize,
+    /// Durable submissions of two writes so far (for `FaultPlan::durable_taken_in_part`).
+    durable_pairs: u64,
     /// Failed syncs behave like Linux's ("fsyncgate"): see `Inode::failed_sectors`.
     linux_failed_writeback: bool,
 }
@@ -785,6 +791,7 @@ impl Vfs for SimVfs {
 
     fn durable_writes(&self) -> Option<Box<dyn super::DurableWrites>> {
         Some(Box::new(SimDurableWrites {
+            vfs: self.clone(),
             in_flight: Vec::new(),
         }))
     }
@@ -799,6 +806,7 @@ impl Vfs for SimVfs {
 /// to hide.
 #[derive(Debug)]
 struct SimDurableWrites {
+    vfs: SimVfs,
     in_flight: Vec<(Arc<dyn VfsFile>, io::Result<usize>, AlignedBuf)>,
 }
 
@@ -815,10 +823,35 @@ impl super::DurableWrites for SimDurableWrites {
             let refused = io::Error::other("a durable write is already in flight");
             return Err((refused, writes.into_iter().map(|w| w.buf).collect()));
         }
-        for super::DurableWrite { file, buf, offset } in writes {
+        let taken = if writes.len() == 2 {
+            let mut state = self.vfs.lock();
+            state.durable_pairs += 1;
+            if state.plan.durable_taken_in_part == Some(state.durable_pairs) {
+                1
+            } else {
+                2
+            }
+        } else {
+            writes.len()
+        };
+        let count = writes.len();
+        let mut buffers = Vec::with_capacity(count);
+        for (index, super::DurableWrite { file, buf, offset }) in writes.into_iter().enumerate() {
+            if index >= taken {
+                buffers.push(buf);
+                continue;
+            }
             let written =
                 super::write_all_at(file.as_ref(), buf.as_slice(), offset).map(|()| buf.len());
             self.in_flight.push((file, written, buf));
+        }
+        if taken < count {
+            // As `AioDsync::start`: the writes taken complete (unsynced), and every
+            // buffer comes back with the error.
+            let mut all: Vec<AlignedBuf> = self.in_flight.drain(..).map(|(_, _, b)| b).collect();
+            all.extend(buffers);
+            let refused = io::Error::other(format!("io_submit took {taken} of {count} writes"));
+            return Err((refused, all));
         }
         Ok(())
     }
