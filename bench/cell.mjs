@@ -70,6 +70,12 @@ function payloadPool(size) {
   return pool
 }
 
+/** Period of the event-loop delay monitor's timer. */
+const ELD_RESOLUTION_MS = 1
+
+/** The I/O-wait probe of workload and idle cells, started before their warm-up. */
+const ioProbe = spec.kind === 'workload' || spec.kind === 'idle' ? startIoProbe() : null
+
 /**
  * Starts the probes of a timed window. The event-loop delay monitor (a 1 ms timer) costs
  * the JS thread ~10-20 µs per tick, which would swamp the CPU figure of a slow workload,
@@ -78,12 +84,6 @@ function payloadPool(size) {
  * CPU time and utilisation.
  * Device and WAL counters, rates and latencies cover the whole window.
  */
-/** Period of the event-loop delay monitor's timer. */
-const ELD_RESOLUTION_MS = 1
-
-/** The I/O-wait probe of workload and idle cells, started before their warm-up. */
-const ioProbe = spec.kind === 'workload' || spec.kind === 'idle' ? startIoProbe() : null
-
 function probes(contestant) {
   const stats0 = contestant?.stats?.()
   const io0 = ioWriteBytes()

@@ -10,7 +10,7 @@
 
 import { spawn } from 'node:child_process'
 
-import { percentileSorted } from './stats.mjs'
+import { LatencyLog, latencySummary } from './stats.mjs'
 
 const SENDER = `
 const b = Buffer.alloc(8)
@@ -21,7 +21,7 @@ process.stdin.resume()`
 /** Starts the sender (before the warm-up: spawning costs the JS thread milliseconds). */
 export function startIoProbe() {
   const child = spawn(process.execPath, ['-e', SENDER], { stdio: ['pipe', 'pipe', 'ignore'] })
-  const waits = []
+  const waits = new LatencyLog()
   let recording = false
   let rest = Buffer.alloc(0)
   child.stdout.on('data', (chunk) => {
@@ -40,12 +40,8 @@ export function startIoProbe() {
     /** Stops recording; p99 and max of the waits in ms (null if none). */
     stop() {
       recording = false
-      const sorted = Float64Array.from(waits).sort()
-      return {
-        ioWaitP99Ms: sorted.length ? percentileSorted(sorted, 99) : null,
-        ioWaitMaxMs: sorted.length ? sorted[sorted.length - 1] : null,
-        ioWaitSamples: sorted.length,
-      }
+      const { n, p99, max } = latencySummary(waits.values())
+      return { ioWaitP99Ms: n ? p99 : null, ioWaitMaxMs: n ? max : null, ioWaitSamples: n }
     },
     /** Ends the sender. */
     close() {
