@@ -308,6 +308,13 @@ pub struct PreparedFlush {
     entries: Vec<StagedEntry>,
 }
 
+impl PreparedFlush {
+    /// Bytes of its write (whole blocks).
+    pub fn write_len(&self) -> u64 {
+        self.end - self.start
+    }
+}
+
 /// Everything that touches the file, behind one lock.
 struct Ring {
     file: Arc<dyn VfsFile>,
@@ -746,19 +753,16 @@ impl DoubleWriteBuffer {
             return None;
         }
         let mut ring = lock(&self.ring);
-        let mut staging = lock(&self.staging);
-        if staging.entries.is_empty() {
-            return None;
-        }
-        let len = staging.frames.len() as u64;
+        let len = {
+            let staging = lock(&self.staging);
+            if staging.entries.is_empty() {
+                return None;
+            }
+            staging.frames.len() as u64
+        };
         let start = self.flush_start(&ring, len, Placement::OwnPage)?;
         let block = u64::from(self.geometry.block_size_bytes);
-        let mut frames = std::mem::replace(
-            &mut staging.frames,
-            AlignedBuf::new(block as usize * 4, block as usize),
-        );
-        let entries = std::mem::take(&mut staging.entries);
-        drop(staging);
+        let (mut frames, entries) = self.take_staged(&ring)?;
         let first_seq = self.stamp_prefixes(&mut ring, &mut frames, &entries);
         let end = start + round_up(len, block);
         frames.resize_zeroed((end - start) as usize);

@@ -819,8 +819,12 @@ impl super::DurableWrites for SimDurableWrites {
         &mut self,
         writes: Vec<super::DurableWrite>,
     ) -> Result<(), (io::Error, Vec<AlignedBuf>)> {
-        if !self.in_flight.is_empty() || writes.is_empty() || writes.len() > 2 {
+        if !self.in_flight.is_empty() {
             let refused = io::Error::other("a durable write is already in flight");
+            return Err((refused, writes.into_iter().map(|w| w.buf).collect()));
+        }
+        if writes.is_empty() || writes.len() > 2 {
+            let refused = io::Error::from(io::ErrorKind::InvalidInput);
             return Err((refused, writes.into_iter().map(|w| w.buf).collect()));
         }
         let taken = if writes.len() == 2 {

@@ -391,8 +391,8 @@ impl AioDsync {
 #[cfg(target_os = "linux")]
 impl Drop for AioDsync {
     fn drop(&mut self) {
-        // SAFETY: io_destroy cancels or waits for the write in flight before it returns,
-        // so the buffer dropped after it is no longer in the kernel's hands.
+        // SAFETY: io_destroy cancels or waits for the writes in flight before it returns,
+        // so the buffers dropped after it are no longer in the kernel's hands.
         let _ = unsafe { libc::syscall(libc::SYS_io_destroy, self.context) };
         self.in_flight.clear();
     }

@@ -178,11 +178,12 @@ pub struct WalOptions {
     /// simulator needs every I/O on one thread to replay a seed); the Node API turns it on.
     pub prepare_segments: bool,
     /// Offer [`Wal::submit_durable`]: a commit started on the caller's thread whose
-    /// write the kernel makes durable and completes on its own (Linux AIO with
-    /// `RWF_DSYNC`), signalling [`Wal::durable_ready_fd`]: the kernel wakes the caller's
-    /// thread itself, without the commit thread's hand-offs (docs/PERFORMANCE.md §2).
-    /// Needs `direct_io`; where the file system has no such channel the WAL opens
-    /// without it.
+    /// writes the kernel makes durable and completes on its own (Linux AIO with
+    /// `RWF_DSYNC`; under `'mirror'` its DWB copies and its WAL write in one submission),
+    /// signalling [`Wal::durable_ready_fd`]: the kernel wakes the caller's thread itself,
+    /// without the commit thread's hand-offs (docs/PERFORMANCE.md §2). Needs `direct_io`
+    /// (and under `'mirror'` a direct DWB); where the file system has no such channel the
+    /// WAL opens without it.
     pub kernel_completion: bool,
     #[doc(hidden)]
     pub weakness: Option<Weakness>,
@@ -697,7 +698,8 @@ impl Wal {
     }
 
     /// The options in effect: with [`WalOptions::prefer_direct_io`], `direct_io` is what
-    /// the open chose (reopening elsewhere with these options asks for O_DIRECT outright).
+    /// the open chose, and with [`WalOptions::prefer_direct_dwb`], `dwb_mode` (reopening
+    /// elsewhere with these options asks for O_DIRECT outright).
     pub fn options(&self) -> &WalOptions {
         &self.shared.options
     }
@@ -831,7 +833,8 @@ impl Wal {
     /// [`Wal::submit_many`], committed on this thread where it can be: when the WAL was
     /// opened with `kernel_completion` and has the channel, the writer is idle and the
     /// commit is a simple one (`Writer::start_durable_commit`), the jobs become one
-    /// commit whose write (with its sync) is handed to the kernel here, and this returns
+    /// commit whose writes (each with its sync: the WAL write, and under `'mirror'` the
+    /// DWB copies alongside) are handed to the kernel here, and this returns
     /// at once. The kernel then signals [`Wal::durable_ready_fd`]; [`Wal::reap_durable`]
     /// ends the commit and calls the callbacks and the completion hook — or the commit
     /// thread does, when other work queues behind it or the WAL closes. Anything else is

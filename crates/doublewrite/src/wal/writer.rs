@@ -107,8 +107,9 @@ pub(crate) struct DurableCommit {
     body: Vec<u8>,
     spans: Vec<RecordSpan>,
     /// `'mirror'`: the DWB flush submitted with the WAL write (the copies of the records
-    /// the commit leaves in its partial last block), and whether they cover all of them.
-    copies: Option<(crate::dwb::PreparedFlush, u64)>,
+    /// the commit leaves in its partial last block).
+    copies: Option<crate::dwb::PreparedFlush>,
+    /// Whether those copies cover every record of the commit's partial last block.
     covers_tail: bool,
 }
 
@@ -271,8 +272,8 @@ impl Writer {
             _lock: lock,
         };
         // A recovered log whose end shares a block with records the next commit could not
-        // protect (one too large for a DWB slot, or no usable DWB) — or whose end is not
-        // aligned for direct I/O — continues in a new segment, which rewrites nothing.
+        // protect (one too large for a DWB slot, or no usable DWB) continues in a new
+        // segment, which rewrites nothing; so does a segment direct I/O cannot grow.
         let end = writer.active.end;
         if writer.options.direct_io && !writer.active.size.is_multiple_of(block) {
             // A segment cut short: direct I/O could not grow it from its unaligned end.
@@ -547,6 +548,7 @@ impl Writer {
         let simple = self.options.direct_io
             && !self.options.weakened()
             && !self.durable_refused
+            && self.durable_buf.is_some()
             && !self.fresh_segment_needed
             && !self.dir_sync_pending
             && record_count > 0
@@ -601,23 +603,18 @@ impl Writer {
                     return Ok(None);
                 };
                 copies = Some(prepared);
-            } else if !at_risk.is_empty() {
-                return Ok(None);
             }
         }
-        let Some(mut buf) = self.durable_buf.take() else {
-            if let (Some(dwb), Some((prepared, ..))) = (&self.dwb, copies) {
-                dwb.end_prepared_flush(prepared, false);
-            }
-            return Ok(None);
-        };
+        // Present: checked with the other conditions above.
+        let block = self.active.block as usize;
+        let mut buf = (self.durable_buf.take()).unwrap_or_else(|| AlignedBuf::new(block, block));
         let write_start = lay_out_write(&mut buf, &self.tail, &self.active, base, &body, true);
         let span = round_up(buf.len() as u64, self.active.block);
         buf.resize_zeroed(span as usize);
         let mut writes = Vec::with_capacity(2);
         let mut copies_meta = None;
         if let Some((prepared, file, frames, offset)) = copies {
-            copies_meta = Some((prepared, frames.len() as u64));
+            copies_meta = Some(prepared);
             writes.push(io::DurableWrite {
                 file,
                 buf: frames,
@@ -635,7 +632,7 @@ impl Writer {
             self.durable_refused = true;
             // The copies' span may have been written (a submission taken in part): the
             // next flush zeroes it.
-            if let (Some(dwb), Some((prepared, _))) = (&self.dwb, copies_meta) {
+            if let (Some(dwb), Some(prepared)) = (&self.dwb, copies_meta) {
                 dwb.end_prepared_flush(prepared, false);
             }
             self.keep_durable_buf(buffers.pop());
@@ -704,16 +701,11 @@ impl Writer {
         self.keep_durable_buf(buf);
         let had_copies = copies.is_some();
         let mut copies_durable = false;
-        if let (Some((prepared, frames_len)), Some(dwb)) = (copies, &self.dwb) {
-            let copied = matches!(outcomes.pop(), Some((Ok(n), _)) if n as u64 == frames_len);
+        if let (Some(prepared), Some(dwb)) = (copies, &self.dwb) {
+            let len = prepared.write_len();
+            let copied = matches!(outcomes.pop(), Some((Ok(n), _)) if n as u64 == len);
             dwb.end_prepared_flush(prepared, copied);
-            if copied {
-                copies_durable = true;
-                self.stats.dwb_syncs += 1;
-                self.stats.overlapped_syncs += 1;
-            } else if self.options.protection != super::Protection::Strict {
-                self.dwb_failed = true;
-            }
+            copies_durable = self.note_overlapped_flush(copied, true);
         }
         let failure = match outcome {
             Ok(written) if written as u64 == span => None,
@@ -986,21 +978,22 @@ impl Writer {
             return (self.active.file.sync_data(), false);
         };
         let (copies, wal) = dwb.flush_alongside(self.vfs.as_ref(), &self.active.file);
-        match copies {
-            Ok(flushed) => {
-                if flushed {
-                    self.stats.dwb_syncs += 1;
-                    self.stats.overlapped_syncs += 1;
-                }
-                (wal, true)
-            }
-            Err(_) => {
-                if self.options.protection != super::Protection::Strict {
-                    self.dwb_failed = true;
-                }
-                (wal, false)
-            }
+        let copied = self.note_overlapped_flush(copies.is_ok(), copies.unwrap_or(false));
+        (wal, copied)
+    }
+
+    /// Counts a DWB flush that ran alongside a WAL sync (`flushed`: it wrote something)
+    /// or, when it failed (`!ok`), marks the DWB failed under the degraded policy (under
+    /// the strict one the next commit's own flush reports a DWB that still fails).
+    /// Returns `ok`: whether the copies are durable.
+    fn note_overlapped_flush(&mut self, ok: bool, flushed: bool) -> bool {
+        if ok && flushed {
+            self.stats.dwb_syncs += 1;
+            self.stats.overlapped_syncs += 1;
+        } else if !ok && self.options.protection != super::Protection::Strict {
+            self.dwb_failed = true;
         }
+        ok
     }
 
     /// The reference design (a weakened configuration for the crash simulator): mirror
