@@ -1753,10 +1753,30 @@ export class Wal {
 
 function batchInputs(records: unknown): CheckedRecord[] {
   if (!Array.isArray(records)) throw invalidType('records', 'an array of records', records)
-  return records.map((record: unknown, i) => {
+  const out: CheckedRecord[] = new Array(records.length)
+  for (let i = 0; i < records.length; i++) {
+    const record: unknown = records[i]
+    // The common record (a u32 type, a Uint8Array payload, no ids) is checked inline,
+    // without building the names the full checks put in their errors.
+    if (typeof record === 'object' && record !== null) {
+      const { recordType, payload, tenantId, vshardId, databaseId } = record as Record<string, unknown>
+      if (
+        typeof recordType === 'number' &&
+        recordType >>> 0 === recordType &&
+        payload instanceof Uint8Array &&
+        tenantId === undefined &&
+        vshardId === undefined &&
+        databaseId === undefined &&
+        !Array.isArray(record)
+      ) {
+        out[i] = { recordType, payload, tenantId: 0n, vshardId: 0, databaseId: 0n }
+        continue
+      }
+    }
     const fields = checkOptions(`records[${i}]`, record, true)
-    return recordInput(`records[${i}].`, fields.recordType, fields.payload, fields)
-  })
+    out[i] = recordInput(`records[${i}].`, fields.recordType, fields.payload, fields)
+  }
+  return out
 }
 
 /** Payload bytes per native replay batch (besides the record count). */

@@ -365,6 +365,21 @@ test('bad input: TypeError / RangeError with stable codes before any native call
   await t.throwsAsync(wal.append(0x4000, payload), coded(Error, 'ERR_RECORD_TYPE'))
   await t.throwsAsync(wal.appendBatch('nope' as unknown as []), coded(TypeError, 'ERR_INVALID_ARG_TYPE'))
   await t.throwsAsync(wal.appendBatch([{ recordType: RecordType.Put, payload: 5 as unknown as Uint8Array }]), coded(TypeError, 'ERR_INVALID_ARG_TYPE'))
+  // A batch's records past the common shape take the full checks, which name the record.
+  const plain = { recordType: RecordType.Put, payload }
+  const named = (code: string, name: string) => (e: unknown) => (e as { code?: string }).code === code && String((e as Error).message).includes(name)
+  t.true(named('ERR_OUT_OF_RANGE', 'records[1].recordType')(await wal.appendBatch([plain, { recordType: 1.5, payload }]).catch((e: unknown) => e)))
+  t.true(named('ERR_INVALID_ARG_TYPE', 'records[1].tenantId')(await wal.appendBatch([plain, { ...plain, tenantId: 1 as unknown as bigint }]).catch((e: unknown) => e)))
+  t.true(named('ERR_INVALID_ARG_TYPE', 'records[1]')(await wal.appendBatch([plain, [] as unknown as typeof plain]).catch((e: unknown) => e)))
+  // eslint-disable-next-line no-sparse-arrays
+  t.true(named('ERR_INVALID_ARG_TYPE', 'records[1]')(await wal.appendBatch([plain, , plain] as (typeof plain)[]).catch((e: unknown) => e)))
+  // Plain records and records with ids in one batch: each keeps its own ids.
+  const mixed = await wal.appendBatch([plain, { ...plain, tenantId: 7n, vshardId: 3, databaseId: 9n }, { ...plain, tenantId: undefined } as unknown as typeof plain])
+  const replayed = [...wal.replaySync({ fromLsn: mixed[0] as bigint })].slice(0, 3)
+  t.deepEqual(
+    replayed.map((r) => [r.tenantId, r.vshardId, r.databaseId]),
+    [[0n, 0, 0n], [7n, 3, 9n], [0n, 0, 0n]],
+  )
   t.throws(() => wal.appendSync(RecordType.Put, null as unknown as Uint8Array), coded(TypeError, 'ERR_INVALID_ARG_TYPE'))
   await t.throwsAsync(wal.truncateBefore(5 as unknown as bigint), coded(TypeError, 'ERR_INVALID_ARG_TYPE'))
   await t.throwsAsync(wal.truncateBefore(-5n), coded(RangeError, 'ERR_OUT_OF_RANGE'))

@@ -272,9 +272,17 @@ pub struct FrameCheck {
 /// One indexed copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FrameRef {
+    lsn: u64,
     seq: u64,
     ring_pos: u64,
     record_len: u32,
+}
+
+impl FrameRef {
+    /// Ring position just past the frame.
+    fn end(&self) -> u64 {
+        self.ring_pos + FRAME_PREFIX_SIZE as u64 + u64::from(self.record_len)
+    }
 }
 
 /// Where a flush starts in the ring.
@@ -296,7 +304,14 @@ type StagedEntry = (u64, usize, u32);
 struct Staging {
     frames: AlignedBuf,
     entries: Vec<StagedEntry>,
+    /// The buffers of a flush that ended, kept for the next one: a flush then allocates
+    /// (and zeroes) nothing. See [`DoubleWriteBuffer::reuse`].
+    spare_frames: Option<AlignedBuf>,
+    spare_entries: Vec<StagedEntry>,
 }
+
+/// Largest flush buffer kept for reuse: a rare large flush's memory is given back.
+const SPARE_MAX_BYTES: usize = 1 << 20;
 
 /// A flush whose write is in the caller's hands ([`DoubleWriteBuffer::prepare_flush`]):
 /// its ring span and the copies it holds.
@@ -321,9 +336,13 @@ struct Ring {
     /// Ring-relative offset where the next flush starts (block-aligned).
     write_pos: u64,
     next_seq: u64,
-    by_lsn: HashMap<u64, Vec<FrameRef>>,
-    /// Ring position → LSN, to drop index entries a flush overwrites.
-    by_pos: BTreeMap<u64, u64>,
+    /// Every indexed copy by ring position: a flush adds its frames and drops the ones its
+    /// span overwrites (a range of this map), with no allocation per frame.
+    frames: BTreeMap<u64, FrameRef>,
+    /// LSN → ring positions of its copies: built by the first lookup by LSN (recovery)
+    /// and dropped by any change to `frames`, so flushes, which never look up by LSN, do
+    /// not pay for it.
+    by_lsn: Option<HashMap<u64, Vec<u64>>>,
     /// A span whose frames must be zeroed by the next flush, before that flush's sync:
     /// copies from a failed flush, or a retracted one (see `retract_last_flush`).
     erase: Option<(u64, u64)>,
@@ -338,7 +357,7 @@ impl fmt::Debug for Ring {
         f.debug_struct("Ring")
             .field("write_pos", &self.write_pos)
             .field("next_seq", &self.next_seq)
-            .field("indexed_lsns", &self.by_lsn.len())
+            .field("indexed_frames", &self.frames.len())
             .finish()
     }
 }
@@ -459,6 +478,8 @@ impl DoubleWriteBuffer {
             staging: Mutex::new(Staging {
                 frames: AlignedBuf::new(block * 4, block),
                 entries: Vec::new(),
+                spare_frames: None,
+                spare_entries: Vec::new(),
             }),
             ring: Mutex::new(ring),
             skipped_records: AtomicU64::new(0),
@@ -470,21 +491,20 @@ impl DoubleWriteBuffer {
     pub fn check_frames(&self) -> Result<Vec<FrameCheck>> {
         let ring = lock(&self.ring);
         let mut out = Vec::new();
-        for (&lsn, frames) in &ring.by_lsn {
-            for frame in frames {
-                let valid = match self.read_frame(ring.file.as_ref(), *frame)? {
-                    Some(record) => check_encoded(&record)
-                        .is_ok_and(|(h, _)| h.lsn == lsn && h.record_len() == record.len()),
-                    None => false,
-                };
-                out.push(FrameCheck {
-                    lsn,
-                    seq: frame.seq,
-                    ring_offset: frame.ring_pos,
-                    record_len: frame.record_len,
-                    valid,
-                });
-            }
+        for frame in ring.frames.values() {
+            let lsn = frame.lsn;
+            let valid = match self.read_frame(ring.file.as_ref(), *frame)? {
+                Some(record) => check_encoded(&record)
+                    .is_ok_and(|(h, _)| h.lsn == lsn && h.record_len() == record.len()),
+                None => false,
+            };
+            out.push(FrameCheck {
+                lsn,
+                seq: frame.seq,
+                ring_offset: frame.ring_pos,
+                record_len: frame.record_len,
+                valid,
+            });
         }
         out.sort_by_key(|f| f.seq);
         Ok(out)
@@ -592,7 +612,10 @@ impl DoubleWriteBuffer {
         match self.flush_frames(&mut ring, &mut frames, &entries, Placement::Next, |file| {
             file.sync_data()
         }) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.reuse(Some(frames), entries);
+                Ok(())
+            }
             Err(e) => {
                 // Put the copies back in front of anything staged meanwhile.
                 let mut staging = lock(&self.staging);
@@ -633,10 +656,10 @@ impl DoubleWriteBuffer {
         let block = u64::from(self.geometry.block_size_bytes);
         let mut ring = lock(&self.ring);
         let stale: Vec<FrameRef> = ring
-            .by_lsn
-            .iter()
-            .filter(|(l, _)| **l >= lsn)
-            .flat_map(|(_, frames)| frames.iter().copied())
+            .frames
+            .values()
+            .filter(|f| f.lsn >= lsn)
+            .copied()
             .collect();
         for frame in &stale {
             let start = round_down(frame.ring_pos, block);
@@ -664,8 +687,39 @@ impl DoubleWriteBuffer {
             return None;
         }
         let block = self.geometry.block_size_bytes as usize;
-        let taken = std::mem::replace(&mut staging.frames, AlignedBuf::new(block * 4, block));
-        Some((taken, std::mem::take(&mut staging.entries)))
+        let fresh =
+            (staging.spare_frames.take()).unwrap_or_else(|| AlignedBuf::new(block * 4, block));
+        let taken = std::mem::replace(&mut staging.frames, fresh);
+        let fresh_entries = std::mem::take(&mut staging.spare_entries);
+        Some((
+            taken,
+            std::mem::replace(&mut staging.entries, fresh_entries),
+        ))
+    }
+
+    /// Keeps the buffers of a flush that ended for the next one (emptied; a buffer of
+    /// another alignment or over [`SPARE_MAX_BYTES`] is dropped instead).
+    fn reuse(&self, frames: Option<AlignedBuf>, mut entries: Vec<StagedEntry>) {
+        let block = self.geometry.block_size_bytes as usize;
+        let mut staging = lock(&self.staging);
+        if let Some(mut frames) = frames {
+            if frames.alignment() == block && frames.capacity() <= SPARE_MAX_BYTES {
+                frames.clear();
+                staging.spare_frames = Some(frames);
+            }
+        }
+        let entries_bytes = entries.capacity() * std::mem::size_of::<StagedEntry>();
+        if entries.capacity() > staging.spare_entries.capacity() && entries_bytes <= SPARE_MAX_BYTES
+        {
+            entries.clear();
+            staging.spare_entries = entries;
+        }
+    }
+
+    /// Gives back the frames buffer of a flush from [`Self::prepare_flush`] once its write
+    /// is over, for the next flush to reuse.
+    pub fn reuse_frames(&self, frames: AlignedBuf) {
+        self.reuse(Some(frames), Vec::new());
     }
 
     /// The unit the page cache writes back, as a multiple of this file's blocks.
@@ -797,6 +851,7 @@ impl DoubleWriteBuffer {
             return;
         }
         index_frames(&mut ring, start, first_seq, &entries);
+        self.reuse(None, entries);
         ring.last_flush = Some((start, end));
         ring.write_pos = if end >= self.geometry.ring_bytes() {
             0
@@ -929,11 +984,8 @@ impl DoubleWriteBuffer {
 
     /// The bytes of the newest valid copy of `lsn`, verified, or `None`.
     pub fn recover_encoded(&self, lsn: u64) -> Result<Option<Vec<u8>>> {
-        let ring = lock(&self.ring);
-        let Some(candidates) = ring.by_lsn.get(&lsn) else {
-            return Ok(None);
-        };
-        let mut candidates = candidates.clone();
+        let mut ring = lock(&self.ring);
+        let mut candidates = copies_of(&mut ring, lsn);
         candidates.sort_by_key(|f| std::cmp::Reverse(f.seq));
         for frame in candidates {
             let bytes = self.read_frame(ring.file.as_ref(), frame)?;
@@ -970,8 +1022,9 @@ impl DoubleWriteBuffer {
 
     /// The LSNs that have an indexed copy (valid prefix when last seen).
     pub fn indexed_lsns(&self) -> Vec<u64> {
-        let mut lsns: Vec<u64> = lock(&self.ring).by_lsn.keys().copied().collect();
+        let mut lsns: Vec<u64> = lock(&self.ring).frames.values().map(|f| f.lsn).collect();
         lsns.sort_unstable();
+        lsns.dedup();
         lsns
     }
 
@@ -979,13 +1032,9 @@ impl DoubleWriteBuffer {
     pub fn frames(&self) -> Vec<(u64, u64, u64, u32)> {
         let ring = lock(&self.ring);
         let mut out: Vec<(u64, u64, u64, u32)> = ring
-            .by_lsn
-            .iter()
-            .flat_map(|(lsn, frames)| {
-                frames
-                    .iter()
-                    .map(move |f| (*lsn, f.seq, f.ring_pos, f.record_len))
-            })
+            .frames
+            .values()
+            .map(|f| (f.lsn, f.seq, f.ring_pos, f.record_len))
             .collect();
         out.sort_by_key(|f| f.1);
         out
@@ -1201,14 +1250,18 @@ fn add_erase(ring: &mut Ring, start: u64, end: u64) {
 
 /// Indexes the frames of a flush that starts at `start` and is now durable.
 fn index_frames(ring: &mut Ring, start: u64, first_seq: u64, entries: &[StagedEntry]) {
+    if entries.is_empty() {
+        return;
+    }
+    ring.by_lsn = None;
     for (i, &(lsn, at, record_len)) in entries.iter().enumerate() {
         let frame = FrameRef {
+            lsn,
             seq: first_seq + i as u64,
             ring_pos: start + at as u64,
             record_len,
         };
-        ring.by_pos.insert(frame.ring_pos, lsn);
-        ring.by_lsn.entry(lsn).or_default().push(frame);
+        ring.frames.insert(frame.ring_pos, frame);
         ring.largest_frame_bytes = ring
             .largest_frame_bytes
             .max(FRAME_PREFIX_SIZE as u64 + u64::from(record_len));
@@ -1217,24 +1270,34 @@ fn index_frames(ring: &mut Ring, start: u64, first_seq: u64, entries: &[StagedEn
 
 /// Drops index entries of frames overlapping `[start, end)` of the ring.
 fn evict(ring: &mut Ring, start: u64, end: u64) {
-    let from = start.saturating_sub(ring.largest_frame_bytes);
-    let overlapping: Vec<u64> = ring.by_pos.range(from..end).map(|(&pos, _)| pos).collect();
-    for pos in overlapping {
-        let lsn = ring.by_pos[&pos];
-        let frames = ring.by_lsn.get_mut(&lsn).expect("indexed both ways");
-        let Some(i) = frames.iter().position(|f| f.ring_pos == pos) else {
-            continue;
-        };
-        let frame_end = pos + FRAME_PREFIX_SIZE as u64 + u64::from(frames[i].record_len);
-        if frame_end <= start {
-            continue;
-        }
-        frames.swap_remove(i);
-        if frames.is_empty() {
-            ring.by_lsn.remove(&lsn);
-        }
-        ring.by_pos.remove(&pos);
+    // A frame overlapping the span starts at most one frame's length before it.
+    let mut from = start.saturating_sub(ring.largest_frame_bytes);
+    while let Some(pos) = ring
+        .frames
+        .range(from..end)
+        .find(|(_, f)| f.end() > start)
+        .map(|(&pos, _)| pos)
+    {
+        ring.frames.remove(&pos);
+        ring.by_lsn = None;
+        from = pos + 1;
     }
+}
+
+/// The indexed copies of `lsn`, through the LSN index (built here if a change dropped it).
+fn copies_of(ring: &mut Ring, lsn: u64) -> Vec<FrameRef> {
+    let Ring { frames, by_lsn, .. } = ring;
+    let index = by_lsn.get_or_insert_with(|| {
+        let mut index: HashMap<u64, Vec<u64>> = HashMap::new();
+        for frame in frames.values() {
+            index.entry(frame.lsn).or_default().push(frame.ring_pos);
+        }
+        index
+    });
+    index
+        .get(&lsn)
+        .map(|positions| positions.iter().map(|pos| frames[pos]).collect())
+        .unwrap_or_default()
 }
 
 /// Reads the ring once, in large sequential chunks, and indexes every frame whose prefix
@@ -1296,8 +1359,7 @@ fn scan_ring(
             kept.push(c);
         }
     }
-    let mut by_lsn: HashMap<u64, Vec<FrameRef>> = HashMap::new();
-    let mut by_pos = BTreeMap::new();
+    let mut frames = BTreeMap::new();
     let mut newest: Option<(u64, u64)> = None; // (seq, end of that frame)
     let largest_frame_bytes = kept
         .iter()
@@ -1305,12 +1367,15 @@ fn scan_ring(
         .max()
         .unwrap_or(0);
     for (ring_pos, record_len, seq, lsn) in kept {
-        by_pos.insert(ring_pos, lsn);
-        by_lsn.entry(lsn).or_default().push(FrameRef {
-            seq,
+        frames.insert(
             ring_pos,
-            record_len,
-        });
+            FrameRef {
+                lsn,
+                seq,
+                ring_pos,
+                record_len,
+            },
+        );
         let end = ring_pos + FRAME_PREFIX_SIZE as u64 + u64::from(record_len);
         if newest.is_none_or(|(s, _)| seq > s) {
             newest = Some((seq, end));
@@ -1327,8 +1392,8 @@ fn scan_ring(
         file: Arc::from(file),
         write_pos,
         next_seq,
-        by_lsn,
-        by_pos,
+        frames,
+        by_lsn: None,
         erase: None,
         last_flush: None,
         largest_frame_bytes,

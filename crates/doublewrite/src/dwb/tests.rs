@@ -135,6 +135,7 @@ both!(
     direct_mode_writes_only_padded_blocks,
     invalid_encoded_copy_is_refused,
     a_payload_embedding_a_frame_is_not_a_copy,
+    lookups_between_flushes_see_every_change,
 );
 
 fn write_and_recover(env: &Env) {
@@ -259,6 +260,36 @@ fn wrap_keeps_newest_and_drops_oldest(env: &Env) {
             "LSN {lsn} lost after reopen"
         );
     }
+}
+
+/// The index by LSN is built by a lookup and must follow every later change to the ring:
+/// a flush's new copies, the copies a wrap overwrites, a retracted flush.
+fn lookups_between_flushes_see_every_change(env: &Env) {
+    let capacity = 4;
+    let max = 4096;
+    let dwb = env.small(DwbMode::Buffered, capacity, max).unwrap();
+    mirrored(dwb.write_record(&rec_of_len(1, max as usize)));
+    assert!(dwb.recover_record(1).unwrap().is_some());
+    for lsn in 2..=u64::from(capacity) + 1 {
+        assert_eq!(dwb.recover_record(lsn).unwrap(), None);
+        mirrored(dwb.write_record(&rec_of_len(lsn, max as usize)));
+        assert!(
+            dwb.recover_record(lsn).unwrap().is_some(),
+            "LSN {lsn}, flushed after a lookup, not found"
+        );
+    }
+    assert_eq!(
+        dwb.recover_record(1).unwrap(),
+        None,
+        "LSN 1 found after the wrap overwrote it"
+    );
+    dwb.retract_last_flush();
+    assert_eq!(
+        dwb.recover_record(u64::from(capacity) + 1).unwrap(),
+        None,
+        "a retracted copy found"
+    );
+    assert!(dwb.recover_record(u64::from(capacity)).unwrap().is_some());
 }
 
 fn small_records_pack_and_wrap(env: &Env) {

@@ -703,7 +703,13 @@ impl Writer {
         let mut copies_durable = false;
         if let (Some(prepared), Some(dwb)) = (copies, &self.dwb) {
             let len = prepared.write_len();
-            let copied = matches!(outcomes.pop(), Some((Ok(n), _)) if n as u64 == len);
+            let copied = match outcomes.pop() {
+                Some((outcome, frames)) => {
+                    dwb.reuse_frames(frames);
+                    matches!(outcome, Ok(n) if n as u64 == len)
+                }
+                None => false,
+            };
             dwb.end_prepared_flush(prepared, copied);
             copies_durable = self.note_overlapped_flush(copied, true);
         }
