@@ -403,9 +403,7 @@ impl Writer {
                 Some(cipher) => {
                     header.record_type |= ENCRYPTED_FLAG;
                     header.key_id = cipher.key_id();
-                    let sealed = cipher.seal(&header, &record.payload);
-                    header.payload_len = sealed.len() as u32;
-                    crate::record::encode_record_into(&mut body, header, &sealed);
+                    cipher.seal_record_into(&mut body, header, &record.payload);
                 }
                 None => crate::record::encode_record_into(&mut body, header, &record.payload),
             }
