@@ -1756,25 +1756,25 @@ function batchInputs(records: unknown): CheckedRecord[] {
   const out: CheckedRecord[] = new Array(records.length)
   for (let i = 0; i < records.length; i++) {
     const record: unknown = records[i]
+    if (typeof record !== 'object' || record === null || Array.isArray(record)) {
+      checkOptions(`records[${i}]`, record, true) // throws, naming the record
+    }
+    // Each field is read once (a getter runs once), in the order the checks take them.
+    const { recordType, payload, tenantId, vshardId, databaseId } = record as Record<string, unknown>
     // The common record (a u32 type, a Uint8Array payload, no ids) is checked inline,
     // without building the names the full checks put in their errors.
-    if (typeof record === 'object' && record !== null) {
-      const { recordType, payload, tenantId, vshardId, databaseId } = record as Record<string, unknown>
-      if (
-        typeof recordType === 'number' &&
-        recordType >>> 0 === recordType &&
-        payload instanceof Uint8Array &&
-        tenantId === undefined &&
-        vshardId === undefined &&
-        databaseId === undefined &&
-        !Array.isArray(record)
-      ) {
-        out[i] = { recordType, payload, tenantId: 0n, vshardId: 0, databaseId: 0n }
-        continue
-      }
+    if (
+      typeof recordType === 'number' &&
+      recordType >>> 0 === recordType &&
+      payload instanceof Uint8Array &&
+      tenantId === undefined &&
+      vshardId === undefined &&
+      databaseId === undefined
+    ) {
+      out[i] = { recordType, payload, tenantId: 0n, vshardId: 0, databaseId: 0n }
+    } else {
+      out[i] = recordInput(`records[${i}].`, recordType, payload, { tenantId, vshardId, databaseId })
     }
-    const fields = checkOptions(`records[${i}]`, record, true)
-    out[i] = recordInput(`records[${i}].`, fields.recordType, fields.payload, fields)
   }
   return out
 }

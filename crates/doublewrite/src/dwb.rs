@@ -28,7 +28,8 @@
 //!
 //! A copy is returned only if its prefix CRC and its record CRC both verify; among valid
 //! copies of one LSN the highest `seq` wins. Opening reads the ring once, sequentially,
-//! and keeps an LSN → frame index, so lookups read one frame.
+//! and indexes the frames by ring position (what a flush replaces); the first lookup by
+//! LSN after a change builds an LSN index from it, so lookups read one frame.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -790,6 +791,8 @@ impl DoubleWriteBuffer {
                 mine
             },
         );
+        // (On failure too: the copies are dropped, not kept for a retry.)
+        self.reuse(Some(frames), entries);
         let other_result = other_result.unwrap_or_else(|| other.sync_data());
         (result.map(|()| true), other_result)
     }
@@ -975,7 +978,8 @@ impl DoubleWriteBuffer {
         Ok(())
     }
 
-    /// The newest valid copy of `lsn`, or `None`.
+    /// The newest valid copy of `lsn`, or `None`. The first lookup after a flush rebuilds
+    /// the LSN index (one pass over the indexed frames); later ones are hash lookups.
     pub fn recover_record(&self, lsn: u64) -> Result<Option<WalRecord>> {
         Ok(self
             .recover_encoded(lsn)?
