@@ -1757,7 +1757,7 @@ function batchInputs(records: unknown): CheckedRecord[] {
   for (let i = 0; i < records.length; i++) {
     const record: unknown = records[i]
     if (typeof record !== 'object' || record === null || Array.isArray(record)) {
-      checkOptions(`records[${i}]`, record, true) // throws, naming the record
+      throw invalidType(`records[${i}]`, 'of type object', record)
     }
     // Each field is read once (a getter runs once), in the order the checks take them.
     const { recordType, payload, tenantId, vshardId, databaseId } = record as Record<string, unknown>

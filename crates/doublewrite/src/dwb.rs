@@ -709,18 +709,10 @@ impl DoubleWriteBuffer {
                 staging.spare_frames = Some(frames);
             }
         }
-        let entries_bytes = entries.capacity() * std::mem::size_of::<StagedEntry>();
-        if entries.capacity() > staging.spare_entries.capacity() && entries_bytes <= SPARE_MAX_BYTES
-        {
+        if entries.capacity() * std::mem::size_of::<StagedEntry>() <= SPARE_MAX_BYTES {
             entries.clear();
             staging.spare_entries = entries;
         }
-    }
-
-    /// Gives back the frames buffer of a flush from [`Self::prepare_flush`] once its write
-    /// is over, for the next flush to reuse.
-    pub fn reuse_frames(&self, frames: AlignedBuf) {
-        self.reuse(Some(frames), Vec::new());
     }
 
     /// The unit the page cache writes back, as a multiple of this file's blocks.
@@ -841,7 +833,13 @@ impl DoubleWriteBuffer {
     /// Ends a flush from [`Self::prepare_flush`]: with `durable` (its write completed,
     /// synced) its copies are indexed and it becomes the last flush; otherwise whatever
     /// reached the file is zeroed by the next flush, as after a failed [`Self::flush`].
-    pub fn end_prepared_flush(&self, prepared: PreparedFlush, durable: bool) {
+    /// `frames`: the write's buffer, back from the kernel, for the next flush to reuse.
+    pub fn end_prepared_flush(
+        &self,
+        prepared: PreparedFlush,
+        frames: Option<AlignedBuf>,
+        durable: bool,
+    ) {
         let mut ring = lock(&self.ring);
         let PreparedFlush {
             start,
@@ -849,12 +847,14 @@ impl DoubleWriteBuffer {
             first_seq,
             entries,
         } = prepared;
+        if durable {
+            index_frames(&mut ring, start, first_seq, &entries);
+        }
+        self.reuse(frames, entries);
         if !durable {
             add_erase(&mut ring, start, end);
             return;
         }
-        index_frames(&mut ring, start, first_seq, &entries);
-        self.reuse(None, entries);
         ring.last_flush = Some((start, end));
         ring.write_pos = if end >= self.geometry.ring_bytes() {
             0

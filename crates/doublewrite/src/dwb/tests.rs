@@ -136,6 +136,7 @@ both!(
     invalid_encoded_copy_is_refused,
     a_payload_embedding_a_frame_is_not_a_copy,
     lookups_between_flushes_see_every_change,
+    a_reused_flush_buffer_pads_with_zeros,
 );
 
 fn write_and_recover(env: &Env) {
@@ -290,6 +291,26 @@ fn lookups_between_flushes_see_every_change(env: &Env) {
         "a retracted copy found"
     );
     assert!(dwb.recover_record(u64::from(capacity)).unwrap().is_some());
+}
+
+/// A flush reuses the last one's buffer, which still holds that flush's bytes: a smaller
+/// flush after a larger one must still write zeros from its last frame to the block end.
+fn a_reused_flush_buffer_pads_with_zeros(env: &Env) {
+    let dwb = env.small(DwbMode::Buffered, 8, 16384).unwrap();
+    let block = dwb.geometry().block_size_bytes as usize;
+    // Large, non-zero payloads: the buffer's bytes after the small frame below.
+    mirrored(dwb.write_record(&rec(1, &vec![0xee; 2 * block])));
+    mirrored(dwb.write_record(&rec(2, &vec![0xdd; 2 * block])));
+    mirrored(dwb.write_record(&rec(3, b"small")));
+    let at = frame_offset(&dwb, 3) as usize;
+    let frame_end = at + FRAME_PREFIX_SIZE + rec(3, b"small").encode().len();
+    let block_end = round_up(frame_end as u64, block as u64) as usize;
+    let bytes = env.file_bytes();
+    assert!(
+        bytes[frame_end..block_end].iter().all(|&b| b == 0),
+        "stale bytes after the last frame of a flush"
+    );
+    assert_eq!(dwb.recover_record(3).unwrap().unwrap().payload(), b"small");
 }
 
 fn small_records_pack_and_wrap(env: &Env) {

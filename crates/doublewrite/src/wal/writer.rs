@@ -630,10 +630,11 @@ impl Writer {
             self.durable_refused = true;
             // The copies' span may have been written (a submission taken in part): the
             // next flush zeroes it.
+            let wal_buf = buffers.pop();
             if let (Some(dwb), Some(prepared)) = (&self.dwb, copies_meta) {
-                dwb.end_prepared_flush(prepared, false);
+                dwb.end_prepared_flush(prepared, buffers.pop(), false);
             }
-            self.keep_durable_buf(buffers.pop());
+            self.keep_durable_buf(wal_buf);
             return Ok(None);
         }
         self.stats.wal_bytes_written += span;
@@ -701,14 +702,13 @@ impl Writer {
         let mut copies_durable = false;
         if let (Some(prepared), Some(dwb)) = (copies, &self.dwb) {
             let len = prepared.write_len();
-            let copied = match outcomes.pop() {
+            let (copied, frames) = match outcomes.pop() {
                 Some((outcome, frames)) => {
-                    dwb.reuse_frames(frames);
-                    matches!(outcome, Ok(n) if n as u64 == len)
+                    (matches!(outcome, Ok(n) if n as u64 == len), Some(frames))
                 }
-                None => false,
+                None => (false, None),
             };
-            dwb.end_prepared_flush(prepared, copied);
+            dwb.end_prepared_flush(prepared, frames, copied);
             copies_durable = self.note_overlapped_flush(copied, true);
         }
         let failure = match outcome {
