@@ -88,9 +88,15 @@ impl AlignedBuf {
     }
 
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.extend_from_slice_with(bytes, <[u8]>::copy_from_slice);
+    }
+
+    /// [`AlignedBuf::extend_from_slice`] with the copy made by `copy(destination, bytes)`
+    /// (for instance a streaming copy into a buffer bound for the device).
+    pub fn extend_from_slice_with(&mut self, bytes: &[u8], copy: impl FnOnce(&mut [u8], &[u8])) {
         self.reserve(bytes.len());
         let at = self.start + self.len;
-        self.storage[at..at + bytes.len()].copy_from_slice(bytes);
+        copy(&mut self.storage[at..at + bytes.len()], bytes);
         self.len += bytes.len();
     }
 

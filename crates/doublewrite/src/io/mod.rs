@@ -19,6 +19,8 @@ mod std_fs;
 mod sys;
 
 pub use std_fs::StdVfs;
+/// Memory too: the copy into a buffer bound for the device, see [`sys::copy_streaming`].
+pub(crate) use sys::copy_streaming;
 /// Memory, not files, but a system call all the same: see [`sys::populate_for_write`].
 pub(crate) use sys::populate_for_write;
 

@@ -103,6 +103,53 @@ pub fn populate_for_write(memory: &mut [std::mem::MaybeUninit<u8>]) {
 #[cfg(not(target_os = "linux"))]
 pub fn populate_for_write(_memory: &mut [std::mem::MaybeUninit<u8>]) {}
 
+/// Copies `src` into `dst` (the same length) with non-temporal stores where the CPU has
+/// them (x86-64: SSE2's `movntdq`, in every x86-64 CPU; elsewhere a plain copy). The bytes
+/// go to memory without the destination's cache lines being read first. For a buffer that a
+/// direct-I/O write hands to the device, which reads it from memory anyway: on this
+/// project's virtual machines a plain copy into a buffer the device has just read ran at
+/// 8–15 GB/s, this one at 23–50 GB/s (docs/PERFORMANCE.md §6, "Streaming copies").
+pub fn copy_streaming(dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len(), "copy_streaming needs equal lengths");
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+        const CHUNK: usize = 64;
+        // Streaming stores need 16-byte aligned destinations: plain copies before and after.
+        let head = dst.as_ptr().align_offset(16).min(dst.len());
+        dst[..head].copy_from_slice(&src[..head]);
+        let chunks = (dst.len() - head) / CHUNK;
+        let (d, s) = (dst[head..].as_mut_ptr(), src[head..].as_ptr());
+        for i in 0..chunks {
+            let at = i * CHUNK;
+            // SAFETY: `at + CHUNK <= dst.len() - head == src.len() - head`, so every load and
+            // store stays inside the borrowed slices; `d + at` is 16-byte aligned (`head`
+            // aligned `d`, and `at` is a multiple of 64), as `_mm_stream_si128` requires;
+            // the loads are unaligned loads; `dst` is borrowed mutably, so nothing else
+            // reads or writes it meanwhile; SSE2 is part of the x86-64 baseline.
+            unsafe {
+                let (d, s) = (d.add(at).cast::<__m128i>(), s.add(at).cast::<__m128i>());
+                let a = _mm_loadu_si128(s);
+                let b = _mm_loadu_si128(s.add(1));
+                let c = _mm_loadu_si128(s.add(2));
+                let e = _mm_loadu_si128(s.add(3));
+                _mm_stream_si128(d, a);
+                _mm_stream_si128(d.add(1), b);
+                _mm_stream_si128(d.add(2), c);
+                _mm_stream_si128(d.add(3), e);
+            }
+        }
+        // Streaming stores are weakly ordered: the fence makes them visible before any
+        // later store or system call hands the buffer to the kernel or another thread.
+        // SAFETY: a fence touches no memory; SSE is part of the x86-64 baseline.
+        unsafe { _mm_sfence() };
+        let done = head + chunks * CHUNK;
+        dst[done..].copy_from_slice(&src[done..]);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    dst.copy_from_slice(src);
+}
+
 /// One submission at a time through Linux AIO (`io_submit`): up to [`AIO_MAX_WRITES`]
 /// writes, each made durable by the kernel itself (`RWF_DSYNC`: a write completes only
 /// once its range, and what reading it back needs, is on stable storage), their
@@ -450,5 +497,31 @@ mod tests {
             "{faults} page faults writing 8 MiB after populating it"
         );
         assert!(buffer.iter().all(|&b| b == 0xA5));
+    }
+
+    /// The streaming copy copies every byte and nothing beyond: for every length around
+    /// its 64-byte chunks and every misalignment of source and destination (the body of a
+    /// direct write starts anywhere in its block), with guard bytes on both sides.
+    #[test]
+    fn streaming_copy_copies_exactly_the_bytes() {
+        let source: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 3) as u8).collect();
+        for dst_shift in 0..17 {
+            for src_shift in [0, 1, 5, 16, 33] {
+                for len in (0..200).chain([1023, 1024, 1025, 4096, 4099, 4800]) {
+                    let mut dst = vec![0xEEu8; len + dst_shift + 32];
+                    let src = &source[src_shift..src_shift + len];
+                    copy_streaming(&mut dst[dst_shift..dst_shift + len], src);
+                    assert!(
+                        dst[..dst_shift].iter().all(|&b| b == 0xEE),
+                        "before, len {len}"
+                    );
+                    assert_eq!(&dst[dst_shift..dst_shift + len], src, "len {len}");
+                    assert!(
+                        dst[dst_shift + len..].iter().all(|&b| b == 0xEE),
+                        "after, len {len}"
+                    );
+                }
+            }
+        }
     }
 }
