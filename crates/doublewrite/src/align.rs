@@ -92,8 +92,13 @@ impl AlignedBuf {
     }
 
     /// [`AlignedBuf::extend_from_slice`] with the copy made by `copy(destination, bytes)`
-    /// (for instance a streaming copy into a buffer bound for the device).
-    pub fn extend_from_slice_with(&mut self, bytes: &[u8], copy: impl FnOnce(&mut [u8], &[u8])) {
+    /// (for instance a streaming copy into a buffer bound for the device). `copy` must write
+    /// every byte of `destination`: whatever it leaves holds an earlier use's bytes.
+    pub(crate) fn extend_from_slice_with(
+        &mut self,
+        bytes: &[u8],
+        copy: impl FnOnce(&mut [u8], &[u8]),
+    ) {
         self.reserve(bytes.len());
         let at = self.start + self.len;
         copy(&mut self.storage[at..at + bytes.len()], bytes);

@@ -1,5 +1,6 @@
-//! The only `unsafe` in the core: the system calls the standard library does not wrap.
-//! Each function states the contract that makes its call sound.
+//! The only `unsafe` in the core: the system calls the standard library does not wrap,
+//! and one CPU instruction it does not offer safely (the streaming stores of
+//! [`copy_streaming`]). Each function states the contract that makes its call sound.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -105,28 +106,35 @@ pub fn populate_for_write(_memory: &mut [std::mem::MaybeUninit<u8>]) {}
 
 /// Copies `src` into `dst` (the same length) with non-temporal stores where the CPU has
 /// them (x86-64: SSE2's `movntdq`, in every x86-64 CPU; elsewhere a plain copy). The bytes
-/// go to memory without the destination's cache lines being read first. For a buffer that a
-/// direct-I/O write hands to the device, which reads it from memory anyway: on this
-/// project's virtual machines a plain copy into a buffer the device has just read ran at
-/// 8–15 GB/s, this one at 23–50 GB/s (docs/PERFORMANCE.md §6, "Streaming copies").
+/// go to memory without the destination's cache lines being read first, and leave none of
+/// them in the cache: the copy for a buffer that a direct-I/O write hands to the device and
+/// nothing on the CPU reads again. On this project's virtual machines a plain copy into a
+/// buffer the device had just read ran at 8–15 GB/s, this one at 23–50 GB/s
+/// (docs/PERFORMANCE.md §6, "Streaming copies"). Where a file system takes `O_DIRECT` but
+/// copies through memory anyway (tmpfs, ext4 with `data=journal`), the kernel then reads the
+/// buffer from memory instead of the cache: correct, a little slower.
 pub fn copy_streaming(dst: &mut [u8], src: &[u8]) {
     assert_eq!(dst.len(), src.len(), "copy_streaming needs equal lengths");
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
         const CHUNK: usize = 64;
-        // Streaming stores need 16-byte aligned destinations: plain copies before and after.
-        let head = dst.as_ptr().align_offset(16).min(dst.len());
+        // Streaming stores need 16-byte aligned destinations; aligned to whole cache lines,
+        // no line is left part streamed, part cached (which a later plain store into it
+        // would have to read back). Plain copies before and after.
+        let head = dst.as_ptr().align_offset(CHUNK).min(dst.len());
         dst[..head].copy_from_slice(&src[..head]);
         let chunks = (dst.len() - head) / CHUNK;
         let (d, s) = (dst[head..].as_mut_ptr(), src[head..].as_ptr());
         for i in 0..chunks {
             let at = i * CHUNK;
             // SAFETY: `at + CHUNK <= dst.len() - head == src.len() - head`, so every load and
-            // store stays inside the borrowed slices; `d + at` is 16-byte aligned (`head`
-            // aligned `d`, and `at` is a multiple of 64), as `_mm_stream_si128` requires;
-            // the loads are unaligned loads; `dst` is borrowed mutably, so nothing else
-            // reads or writes it meanwhile; SSE2 is part of the x86-64 baseline.
+            // store stays inside the borrowed slices; `d + at` is 64-byte aligned (`head`
+            // aligned `d`, and `at` is a multiple of 64), so 16-byte aligned as
+            // `_mm_stream_si128` requires; the loads are unaligned loads; `dst` is borrowed
+            // mutably, so nothing else reads or writes it meanwhile, and the `_mm_sfence`
+            // below orders these stores before any later access to it, as Rust's rules
+            // for non-temporal stores require; SSE2 is part of the x86-64 baseline.
             unsafe {
                 let (d, s) = (d.add(at).cast::<__m128i>(), s.add(at).cast::<__m128i>());
                 let a = _mm_loadu_si128(s);
@@ -139,8 +147,9 @@ pub fn copy_streaming(dst: &mut [u8], src: &[u8]) {
                 _mm_stream_si128(d.add(3), e);
             }
         }
-        // Streaming stores are weakly ordered: the fence makes them visible before any
-        // later store or system call hands the buffer to the kernel or another thread.
+        // Streaming stores are weakly ordered: the fence orders them before every later
+        // access to `dst` (the plain tail copy below, the system call or the thread that
+        // takes the buffer next); without it the stores above would not be sound.
         // SAFETY: a fence touches no memory; SSE is part of the x86-64 baseline.
         unsafe { _mm_sfence() };
         let done = head + chunks * CHUNK;
@@ -505,7 +514,7 @@ mod tests {
     #[test]
     fn streaming_copy_copies_exactly_the_bytes() {
         let source: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 3) as u8).collect();
-        for dst_shift in 0..17 {
+        for dst_shift in 0..65 {
             for src_shift in [0, 1, 5, 16, 33] {
                 for len in (0..200).chain([1023, 1024, 1025, 4096, 4099, 4800]) {
                     let mut dst = vec![0xEEu8; len + dst_shift + 32];
