@@ -77,17 +77,17 @@ const ELD_RESOLUTION_MS = 1
 const ioProbe = spec.kind === 'workload' || spec.kind === 'idle' ? startIoProbe() : null
 
 /**
- * Starts the probes of a timed window. The event-loop delay monitor (a 1 ms timer) costs
- * the JS thread ~10-20 µs per tick, which would swamp the CPU figure of a slow workload,
- * so the window is split: the first half measures the event-loop delay and the I/O wait
- * ({@link ioProbe}), `mid()` turns both off, and the second half measures the JS thread's
- * CPU time and utilisation.
- * Device and WAL counters, rates and latencies cover the whole window.
+ * Starts the probes of a timed window, which is split in two halves under the same load.
+ * The first half measures the JS thread's availability: the event-loop delay monitor (a 1
+ * ms timer) and the I/O wait ({@link ioProbe}: a child process writing to a pipe every
+ * millisecond). Both wake the event loop on their own, which an awaited commit pays for
+ * and a blocking one does not (the 'data' callbacks wait until it yields): measured, the
+ * probe alone took 8–14 % off an awaited one-writer loop (docs/PERFORMANCE.md, Method).
+ * So `mid()` turns both off, and the second half measures everything else with neither
+ * running: rates, latencies, the JS thread's CPU time and utilisation, device and WAL
+ * counters. `stop(records)` takes the records of the second half.
  */
 function probes(contestant) {
-  const stats0 = contestant?.stats?.()
-  const io0 = ioWriteBytes()
-  const dev0 = deviceWriteBytes()
   const eld = monitorEventLoopDelay({ resolution: ELD_RESOLUTION_MS })
   eld.enable()
   ioProbe?.start()
@@ -95,29 +95,37 @@ function probes(contestant) {
   let half = null
   return {
     t0,
-    mid(records) {
+    mid() {
       if (half) return
       eld.disable()
       const io = ioProbe?.stop() ?? {}
-      half = { io, t: now(), records, cpu: threadCpuNs(), elu: performance.eventLoopUtilization() }
+      half = {
+        io,
+        t: now(),
+        cpu: threadCpuNs(),
+        elu: performance.eventLoopUtilization(),
+        stats: contestant?.stats?.(),
+        ioBytes: ioWriteBytes(),
+        devBytes: deviceWriteBytes(),
+      }
     },
     stop(records) {
+      if (!half) this.mid()
       const t1 = now()
-      if (!half) this.mid(records)
       const cpu1 = threadCpuNs()
       const elu = performance.eventLoopUtilization(half.elu)
       const io1 = ioWriteBytes()
       const dev1 = deviceWriteBytes()
+      const stats0 = half.stats
       const stats1 = contestant?.stats?.()
       let statsDelta = null
       if (stats0 && stats1) {
         statsDelta = {}
         for (const k of Object.keys(stats1)) statsDelta[k] = stats1[k] - (stats0[k] ?? 0)
       }
-      const secondHalfRecords = records - half.records
       return {
         t1,
-        seconds: (t1 - t0) / 1000,
+        seconds: (t1 - half.t) / 1000,
         // The monitor records the interval between its timer's callbacks, which includes
         // the timer's own period: the delay is what exceeds it.
         eldP99Ms: eld.count > 0 ? Math.max(0, eld.percentile(99) / 1e6 - ELD_RESOLUTION_MS) : null,
@@ -126,11 +134,10 @@ function probes(contestant) {
         eldSamples: eld.count,
         ...half.io,
         elu: elu.utilization,
-        jsCpuUsPerRecord:
-          half.cpu === null || cpu1 === null || secondHalfRecords <= 0 ? null : (cpu1 - half.cpu) / 1e3 / secondHalfRecords,
+        jsCpuUsPerRecord: half.cpu === null || cpu1 === null || records <= 0 ? null : (cpu1 - half.cpu) / 1e3 / records,
         jsCpuUtilization: half.cpu === null || cpu1 === null ? null : (cpu1 - half.cpu) / 1e6 / (t1 - half.t),
-        ioWriteBytes: io0 === null || io1 === null ? null : io1 - io0,
-        deviceWriteBytes: dev0 === null || dev1 === null ? null : dev1 - dev0,
+        ioWriteBytes: half.ioBytes === null || io1 === null ? null : io1 - half.ioBytes,
+        deviceWriteBytes: half.devBytes === null || dev1 === null ? null : dev1 - half.devBytes,
         stats: statsDelta,
       }
     },
@@ -159,11 +166,17 @@ async function serial(c, { size, batch, seconds, warmup }) {
   const mid = p.t0 + (seconds * 1000) / 2
   const end = p.t0 + seconds * 1000
   let commits = 0
+  let measuring = false
   for (let t = now(); t < end; t = now()) {
-    if (t >= mid) p.mid(commits * batch)
+    if (!measuring && t >= mid) {
+      p.mid()
+      measuring = true
+    }
     await op()
-    latencies.push(now() - t)
-    commits++
+    if (measuring) {
+      latencies.push(now() - t)
+      commits++
+    }
     if (c.sync) await immediate()
   }
   const w = p.stop(commits * batch)
@@ -201,9 +214,9 @@ async function concurrent(c, { size, concurrency, seconds, warmup }) {
   }
   await guard(sleep(warmup * 1000))
   const p = probes(c)
-  timed = true
   await guard(sleep((seconds * 1000) / 2))
-  p.mid(records)
+  p.mid()
+  timed = true
   await guard(sleep((seconds * 1000) / 2))
   windowEnd = now()
   const w = p.stop(records)
@@ -221,7 +234,7 @@ async function concurrent(c, { size, concurrency, seconds, warmup }) {
 async function idle() {
   const p = probes(null)
   await sleep((spec.seconds * 1000) / 2)
-  p.mid(0)
+  p.mid()
   await sleep((spec.seconds * 1000) / 2)
   const w = p.stop(0)
   return { ...w, records: 0, commits: 0 }

@@ -12,11 +12,19 @@ import { spawn } from 'node:child_process'
 
 import { LatencyLog, latencySummary } from './stats.mjs'
 
+// The sender writes only between a 'g' and an 's' on its stdin: outside the probe's half of
+// a window it neither wakes the measured event loop nor takes CPU.
 const SENDER = `
 const b = Buffer.alloc(8)
-setInterval(() => { b.writeBigUInt64LE(process.hrtime.bigint()); process.stdout.write(b) }, 1)
-process.stdin.on('end', () => process.exit(0))
-process.stdin.resume()`
+let timer = null
+const send = () => { b.writeBigUInt64LE(process.hrtime.bigint()); process.stdout.write(b) }
+process.stdin.on('data', (d) => {
+  for (const c of d) {
+    if (c === 0x67 && timer === null) timer = setInterval(send, 1)
+    if (c === 0x73 && timer !== null) { clearInterval(timer); timer = null }
+  }
+})
+process.stdin.on('end', () => process.exit(0))`
 
 /** Starts the sender (before the warm-up: spawning costs the JS thread milliseconds). */
 export function startIoProbe() {
@@ -33,12 +41,14 @@ export function startIoProbe() {
   })
   child.on('error', () => {})
   return {
-    /** Starts recording the waits. */
+    /** Starts the sender and records the waits. */
     start() {
+      child.stdin.write('g')
       recording = true
     },
     /** Stops recording; p99 and max of the waits in ms (null if none). */
     stop() {
+      child.stdin.write('s')
       recording = false
       const { n, p99, max } = latencySummary(waits.values())
       return { ioWaitP99Ms: n ? p99 : null, ioWaitMaxMs: n ? max : null, ioWaitSamples: n }
