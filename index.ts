@@ -714,7 +714,9 @@ export type TailProtection =
   /**
    * Commits are packed; the records a commit leaves in the partial last block get DWB
    * copies, synced alongside its WAL sync, so they are durable before the next commit
-   * rewrites that block. No wasted space. Its segments and DWB default to O_DIRECT where
+   * rewrites that block. A commit that would end within a quarter of its own bytes of a
+   * block boundary pads to it instead (one sync, and at most that quarter of space); a
+   * small commit never does. Its segments and DWB default to O_DIRECT where
    * the file system takes it, and then an awaited append that finds the WAL idle is
    * committed through the kernel: its DWB copies and its WAL write go as one submission,
    * both flushes at once ({@link WalOptions.kernelCompletion}).

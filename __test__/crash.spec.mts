@@ -73,15 +73,18 @@ async function replayChecked(t: ExecutionContext, wal: Wal, fromLsn = 0n): Promi
 const range = (from: bigint, to: bigint) => Array.from({ length: Number(to - from + 1n) }, (_, i) => from + BigInt(i))
 
 for (const [label, options] of [
-  ['separate commits', { rounds: 12, perRound: 1 }],
-  ['group commits of 40 concurrent appends', { rounds: 5, perRound: 40 }],
+  ['separate commits', { rounds: Array.from({ length: 12 }, () => 1) }],
+  // A group of 40 small records pads its commit to a block boundary ('mirror' does when that
+  // costs at most a quarter of the commit), leaving nothing at risk: the lone appends between
+  // the groups leave an acknowledged record in a shared block for the next group to rewrite.
+  ['group commits of 40 concurrent appends, a lone append between them', { rounds: [40, 1, 40, 1, 40] }],
 ] as const) {
   test(`an acknowledged record torn on disk (${label}) is repaired from the DWB on reopen: repairedFromDwb === 1, every record replayed intact`, async (t) => {
     const dir = tempDir(t, 'tear')
     const wal = await Wal.open(dir, { segmentSize: 1 << 20 })
     let lsn = 0n
-    for (let round = 0; round < options.rounds; round++) {
-      const batch = Array.from({ length: options.perRound }, () => (lsn += 1n))
+    for (const size of options.rounds) {
+      const batch = Array.from({ length: size }, () => (lsn += 1n))
       const acknowledged = await Promise.all(batch.map((l) => wal.append(RecordType.Put, payloadFor(l))))
       t.deepEqual(acknowledged, batch)
     }

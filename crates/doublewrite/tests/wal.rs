@@ -23,6 +23,7 @@ on_both!(
     repair_survives_the_ring_wrapping,
     batch_larger_than_the_ring,
     record_larger_than_a_slot_pads_its_commit,
+    mirror_pads_a_commit_whose_padding_is_cheap,
     recovered_tail_too_large_for_the_ring_rolls_to_a_fresh_segment,
     pad_policy_starts_every_commit_on_a_block,
     dwb_off_pads_and_stays_protected,
@@ -326,6 +327,45 @@ fn record_larger_than_a_slot_pads_its_commit(env: &Env) {
     assert_eq!(offset % 4096, 0);
     let wal = env.open(options).unwrap();
     assert_eq!(replay_all(&wal).len(), 3);
+}
+
+/// Under `'mirror'` a commit that would end within a quarter of its own bytes of a block
+/// boundary pads to it instead of copying its last records to the DWB: it takes one sync
+/// (the at-risk copy of the commit before is already durable), and the next commit starts
+/// on a fresh block. A commit that would need more padding shares its block as before.
+fn mirror_pads_a_commit_whose_padding_is_cheap(env: &Env) {
+    let options = small_options(); // 4 KiB blocks, DWB slots of 4096-byte records
+    let wal = env.open(options).unwrap();
+    // Record 1 (56 + 100 bytes) shares its block: its copy goes to the DWB.
+    wal.append(put(1, 100)).unwrap();
+    let first = wal.stats();
+    assert_eq!((first.padding_bytes, first.dwb_syncs), (0, 1), "{first:?}");
+    // Record 2 (56 + 3,784 bytes, a DWB slot's worth) ends 100 bytes short of the block:
+    // padded, with no DWB sync of its own.
+    wal.append(put(2, 3784)).unwrap();
+    let second = wal.stats();
+    assert_eq!(second.padding_bytes, 100, "{second:?}");
+    assert_eq!(second.dwb_syncs, 1, "{second:?}");
+    assert_eq!(second.wal_syncs, 2, "{second:?}");
+    // Record 3 starts a block: nothing at risk, and it shares its block again (padding
+    // 3,940 bytes would be far more than a quarter of its 156).
+    wal.append(put(3, 100)).unwrap();
+    let third = wal.stats();
+    assert_eq!(third.padding_bytes, 100, "{third:?}");
+    assert_eq!(third.dwb_syncs, 2, "{third:?}");
+    assert_eq!(third.unprotected_records, 0);
+    wal.close().unwrap();
+    let (_, offset, _) = env.find(3);
+    assert_eq!(offset % 4096, 0);
+    let wal = env.open(options).unwrap();
+    assert_records(
+        &replay_all(&wal),
+        &[
+            (1, payload(1, 100)),
+            (2, payload(2, 3784)),
+            (3, payload(3, 100)),
+        ],
+    );
 }
 
 fn pad_policy_starts_every_commit_on_a_block(env: &Env) {

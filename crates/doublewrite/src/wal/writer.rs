@@ -60,6 +60,12 @@ enum Protected {
 /// Synced pages are handed back to the kernel in steps of at least this many bytes.
 const RELEASE_STEP: u64 = 256 * 1024;
 
+/// Under `'mirror'` a commit pads to the end of its last block instead of copying that
+/// block's records to the DWB when the padding is at most 1/`CHEAP_PAD_RATIO` of its bytes:
+/// the next commit then rewrites nothing acknowledged, and this one needs no second sync.
+/// Small commits (one short record: the padding would outweigh it) keep mirroring.
+const CHEAP_PAD_RATIO: u64 = 4;
+
 /// The segment being appended to.
 #[derive(Debug)]
 struct Active {
@@ -435,7 +441,8 @@ impl Writer {
             // Sealed for the segment the commit now goes to (same sizes, new epoch).
             (body, spans) = self.encode(first_lsn, requests);
         }
-        let mut protected = self.protect(base, &body, &spans)?;
+        let pads = self.padding_for(base, &body, &spans, force_pad) > 0;
+        let mut protected = self.protect(base, &body, &spans, pads)?;
         if protected == Protected::NeedsFreshSegment {
             // The at-risk records cannot be protected here: a new segment rewrites nothing
             // acknowledged, and the commit goes there (its directory sync is done below).
@@ -588,7 +595,11 @@ impl Writer {
             if !self.copies_fit(dwb, &at_risk) {
                 return Ok(None);
             }
-            match self.stage_copies(dwb, &at_risk, base, &body, &spans, true) {
+            // A padded commit leaves no partial block: nothing of its own to copy, and
+            // the at-risk copies of the last flush (held: checked above) stay untouched.
+            let padded = padding > 0 && self.options.weakness.is_none();
+            let restaged: &[RecordSpan] = if padded { &[] } else { &at_risk };
+            match self.stage_copies(dwb, restaged, base, &body, &spans, true) {
                 Ok(covers) => covers_tail = covers,
                 Err(_) => {
                     dwb.discard_pending();
@@ -832,17 +843,20 @@ impl Writer {
             None => false,
         };
         let reference_like = self.options.weakened();
-        let pad = force_pad
-            || self.always_pad()
-            || ((unmirrorable || self.at_risk_would_overflow(base, end, spans)) && !reference_like);
-        if !pad {
-            return 0;
-        }
         let mut gap = round_up(end, block) - end;
         if gap > 0 && gap < HEADER_SIZE as u64 {
             gap += block;
         }
-        gap
+        let cheap = self.options.weakness.is_none() && gap * CHEAP_PAD_RATIO <= body.len() as u64;
+        let pad = force_pad
+            || self.always_pad()
+            || ((cheap || unmirrorable || self.at_risk_would_overflow(base, end, spans))
+                && !reference_like);
+        if pad {
+            gap
+        } else {
+            0
+        }
     }
 
     /// Step 1 of a commit: copy the at-risk set to the DWB, together with the commit's own
@@ -854,7 +868,17 @@ impl Writer {
     /// spares it — staged for a flush overlapped with the WAL sync (`Deferred`).
     /// Records in the commit's full blocks are not copied: no later write touches them,
     /// and copying them cost a batch of 64 small records 30-40 % of its throughput.
-    fn protect(&mut self, base: u64, body: &[u8], spans: &[RecordSpan]) -> Result<Protected> {
+    /// A commit that `pads` to a block boundary leaves no partial last block: it copies
+    /// nothing of its own, and none of the at-risk set when the last flush holds it (no
+    /// flush of this commit can land on those copies, and no later write touches the
+    /// block they protect).
+    fn protect(
+        &mut self,
+        base: u64,
+        body: &[u8],
+        spans: &[RecordSpan],
+        pads: bool,
+    ) -> Result<Protected> {
         let weakness = self.options.weakness;
         if weakness == Some(Weakness::ReferenceMirroring) {
             self.mirror_like_reference(body, spans)?;
@@ -864,7 +888,9 @@ impl Writer {
         if weakness == Some(Weakness::NoDwb) {
             return Ok(Protected::Done);
         }
-        let mirror_own = self.options.tail_protection == TailProtection::Mirror;
+        // The weakened configurations of the crash simulator's controls copy as before.
+        let pads = pads && self.options.weakness.is_none();
+        let mirror_own = self.options.tail_protection == TailProtection::Mirror && !pads;
         let usable = match &self.dwb {
             Some(dwb) if !self.dwb_failed => Some(dwb),
             _ => None,
@@ -880,7 +906,8 @@ impl Writer {
                 Protected::NeedsFreshSegment
             });
         };
-        if at_risk.is_empty() && !mirror_own {
+        let copies_held = at_risk.is_empty() || (self.tail_copied && pads);
+        if !mirror_own && copies_held {
             return Ok(Protected::Done);
         }
         if !self.copies_fit(dwb, &at_risk) {
