@@ -716,7 +716,7 @@ export type TailProtection =
    * copies, synced alongside its WAL sync, so they are durable before the next commit
    * rewrites that block. A commit that would end within a quarter of its own bytes of a
    * block boundary pads to it instead (one sync, and at most that quarter of space); a
-   * small commit never does. Its segments and DWB default to O_DIRECT where
+   * commit under 224 bytes (four padding-record headers) never does. Its segments and DWB default to O_DIRECT where
    * the file system takes it, and then an awaited append that finds the WAL idle is
    * committed through the kernel: its DWB copies and its WAL write go as one submission,
    * both flushes at once ({@link WalOptions.kernelCompletion}).
@@ -874,7 +874,7 @@ export interface WalStats {
   readonly dwbBytesWritten: bigint
   readonly walSyncs: bigint
   readonly dwbSyncs: bigint
-  /** DWB syncs that ran alongside their commit's WAL sync rather than before its WAL write (`'mirror'`: all but a session's first commit and the rare one whose copies would land on the previous commit's). */
+  /** DWB syncs that ran alongside their commit's WAL sync rather than before its WAL write (`'mirror'`: all but a session's first commit and the rare one whose copies would land on the previous commit's; a commit padded to a block boundary has no DWB sync). */
   readonly overlappedSyncs: bigint
   /** Commits the kernel completed on its own (`kernelCompletion`); each is also a WAL sync. */
   readonly durableCommits: bigint

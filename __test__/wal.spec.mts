@@ -558,7 +558,7 @@ for (const tailProtection of ['pad', 'mirror'] as const) {
     const wal = await Wal.open(dir, defaults)
     t.true(!wal.io.directIo || direct.ok, 'O_DIRECT only where the file system takes it')
     const chosen = reported ? direct.ok : wal.io.directIo
-    // 'mirror' writes its DWB every commit, so it takes O_DIRECT there too; 'pad' does not.
+    // 'mirror' writes its DWB nearly every commit, so it takes O_DIRECT there too; 'pad' does not.
     const dwbMode = tailProtection === 'mirror' && chosen ? 'direct' : 'buffered'
     t.deepEqual(wal.io, { directIo: chosen, kernelCompletion: chosen, dwbMode })
     const payloads = Array.from({ length: 60 }, (_, i) => new Uint8Array(1 + ((i * 997) % 6000)).fill(i))

@@ -22,11 +22,15 @@
 //! copies were cut by the half-ring budget, a flush that would wrap onto the last one's
 //! pages.
 //!
-//! A commit whose last block would hold a record too large for a DWB slot, every commit
-//! under `TailProtection::Pad`, and every commit while the DWB is off or failed ends with
-//! a padding record on a block boundary instead: the next commit then starts on a fresh
-//! block and puts nothing acknowledged at risk. Direct I/O changes none of this: under
-//! `'mirror'` it rewrites the partial last block whole, from the tail kept in memory.
+//! A commit whose last block would hold a record too large for a DWB slot, a commit whose
+//! padding would be at most a quarter of its bytes (`CHEAP_PAD_RATIO`), every commit under
+//! `TailProtection::Pad`, and every commit while the DWB is off or failed ends with a
+//! padding record on a block boundary instead: the next commit then starts on a fresh
+//! block and puts nothing acknowledged at risk. Such a commit copies nothing of its own;
+//! when the last flush still holds its at-risk copies (nothing failed, retracted or waiting
+//! to be erased since), it writes no DWB at all — one sync. Direct I/O changes none of
+//! this: under `'mirror'` it rewrites the partial last block whole, from the tail kept in
+//! memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -597,7 +601,10 @@ impl Writer {
             }
             // A padded commit leaves no partial block: nothing of its own to copy, and
             // the at-risk copies of the last flush (held: checked above) stay untouched.
-            let padded = padding > 0 && self.options.weakness.is_none();
+            // (Nothing is staged here: `next_flush_spares_last` then says the last flush
+            // stands, with nothing to erase.)
+            let padded =
+                padding > 0 && self.options.weakness.is_none() && dwb.next_flush_spares_last();
             let restaged: &[RecordSpan] = if padded { &[] } else { &at_risk };
             match self.stage_copies(dwb, restaged, base, &body, &spans, true) {
                 Ok(covers) => covers_tail = covers,
@@ -788,7 +795,9 @@ impl Writer {
             return Ok(base);
         }
         if base > self.active.block {
-            self.roll(first_lsn, total)?;
+            // At the new segment's first block the padding may differ (by up to a block
+            // and a header): room for it, which only a commit larger than a segment needs.
+            self.roll(first_lsn, total + self.active.block + HEADER_SIZE as u64)?;
         } else {
             self.grow_active(round_up(base + total, self.active.block))?;
         }
@@ -906,7 +915,13 @@ impl Writer {
                 Protected::NeedsFreshSegment
             });
         };
-        let copies_held = at_risk.is_empty() || (self.tail_copied && pads);
+        // The last flush holds the at-risk copies, durable and intact: nothing failed or
+        // was retracted since (no erase pending; see `next_flush_spares_last`).
+        let copies_held = at_risk.is_empty()
+            || (self.tail_copied
+                && pads
+                && dwb.pending_records() == 0
+                && dwb.next_flush_spares_last());
         if !mirror_own && copies_held {
             return Ok(Protected::Done);
         }
@@ -933,6 +948,8 @@ impl Writer {
             }
             Err(e) => {
                 dwb.discard_pending();
+                // What the failed flush wrote may have reached the last flush's pages.
+                self.tail_copied = false;
                 if self.options.protection == super::Protection::Strict {
                     Err(Error::DwbUnavailable {
                         path: dwb.path().to_path_buf(),
@@ -1153,7 +1170,10 @@ impl Writer {
         let Some(dwb) = &self.dwb else { return };
         match protected {
             Protected::Deferred { .. } => dwb.discard_pending(),
-            Protected::Flushed { .. } if !self.options.weakened() => dwb.retract_last_flush(),
+            Protected::Flushed { .. } if !self.options.weakened() => {
+                dwb.retract_last_flush();
+                self.tail_copied = false;
+            }
             _ => {}
         }
     }
