@@ -460,3 +460,113 @@ fn a_failed_sync_during_a_rescue_roll_loses_nothing() {
     }
     assert!(refused > 0, "some faults landed on a sync of the roll");
 }
+
+/// A 12 KiB DWB ring (three 4 KiB slots) behind 4 KiB blocks: a flush of two pages
+/// cannot be placed without landing on the last one's pages when that sits mid-ring.
+fn tight_ring() -> WalOptions {
+    WalOptions {
+        segment_size_bytes: 256 * 1024,
+        dwb_capacity: Some(3),
+        dwb_max_record_bytes: Some(2048),
+        ..WalOptions::default()
+    }
+}
+
+/// Record lengths from 40 to 1,940 bytes (each fits a slot).
+fn varied_len(lsn: u64) -> usize {
+    40 + ((lsn as usize * 1_297) % 1_900)
+}
+
+/// Appends records of `varied_len` (one commit each) to a fresh log under `tight_ring`
+/// until a commit's DWB flush is synced before its WAL write instead of alongside it (it
+/// would land on the last flush's pages); returns how many records came before it. The
+/// simulated disk is deterministic: a fresh log given the same appends does the same.
+fn records_before_a_serial_flush() -> u64 {
+    let env = Env::sim();
+    let wal = env.open(tight_ring()).unwrap();
+    for i in 1..=400 {
+        let before = wal.stats();
+        wal.append(put(i, varied_len(i))).unwrap();
+        let after = wal.stats();
+        if i > 1
+            && after.dwb_syncs > before.dwb_syncs
+            && after.overlapped_syncs == before.overlapped_syncs
+            && after.padding_bytes == before.padding_bytes
+        {
+            return i - 1;
+        }
+    }
+    panic!("no commit flushed before its WAL write");
+}
+
+/// The payload length whose record, appended at `end` (56-byte headers, 4 KiB blocks),
+/// ends its commit 100 bytes short of a block boundary: padding that is cheap under
+/// `'mirror'` (a quarter of the commit or less).
+fn cheaply_padded_len(end: u64) -> usize {
+    let target = (end + 500).div_ceil(4096) * 4096 - 100;
+    (target - end - 56) as usize
+}
+
+/// After a commit whose copies were flushed before its WAL write and then given up — its
+/// WAL write refused (the copies are retracted: a refused record's copy must be zeroed
+/// before its LSN is reused) or its flush failed (it may have landed on the last flush's
+/// pages) — the last flush no longer stands for the copies the next WAL write puts at risk.
+/// So the next commit flushes before its WAL write even when it pads cheaply, which
+/// otherwise writes no DWB at all.
+fn a_cheaply_padded_commit_after_given_up_copies_flushes_first(fault: Fault, code: &str) {
+    let k = records_before_a_serial_flush();
+    let env = Env::sim();
+    let sim = env.sim.clone().unwrap();
+    let wal = env.open(tight_ring()).unwrap();
+    let mut expected = Vec::new();
+    for i in 1..=k {
+        wal.append(put(i, varied_len(i))).unwrap();
+        expected.push((i, payload(i, varied_len(i))));
+    }
+    let (op, file) = match fault {
+        Fault::NoSpace => (Op::Write, ".seg"),
+        _ => (Op::Sync, "wal.dwb"),
+    };
+    sim.set_plan(FaultPlan {
+        at_point: Some(FaultPoint::new(op, file, 1, fault)),
+        ..FaultPlan::default()
+    });
+    let before = wal.stats();
+    let err = wal.append(put(k + 1, varied_len(k + 1))).unwrap_err();
+    assert_eq!(err.code(), code, "{err}");
+    assert_eq!(wal.next_lsn(), k + 1);
+    if fault == Fault::NoSpace {
+        assert_eq!(wal.stats().dwb_syncs, before.dwb_syncs + 1, "flushed first");
+    }
+    sim.set_plan(FaultPlan::default());
+    // The log still ends with record k (which commit k + 1 put at risk).
+    let (_, offset, len) = env.find(k);
+    let len = cheaply_padded_len(offset + len as u64);
+    let before = wal.stats();
+    assert_eq!(wal.append(put(k + 1, len)).unwrap(), k + 1);
+    let after = wal.stats();
+    assert_eq!(after.padding_bytes, before.padding_bytes + 100, "{after:?}");
+    assert_eq!(
+        (after.dwb_syncs, after.overlapped_syncs),
+        (before.dwb_syncs + 1, before.overlapped_syncs),
+        "the padded commit flushed before its WAL write: {after:?}"
+    );
+    expected.push((k + 1, payload(k + 1, len)));
+    drop(wal);
+    sim.crash(&mut SimRng::new(11), TearPolicy::Random);
+    let wal = env.open(tight_ring()).unwrap();
+    assert!(replay_all(&wal) == expected);
+}
+
+#[test]
+fn a_cheaply_padded_commit_after_a_refused_one_flushes_first() {
+    a_cheaply_padded_commit_after_given_up_copies_flushes_first(Fault::NoSpace, "ERR_NO_SPACE");
+}
+
+#[test]
+fn a_cheaply_padded_commit_after_a_failed_strict_flush_flushes_first() {
+    a_cheaply_padded_commit_after_given_up_copies_flushes_first(
+        Fault::FailSync,
+        "ERR_DWB_UNAVAILABLE",
+    );
+}
