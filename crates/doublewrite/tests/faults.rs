@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{payload, put, replay_all, Env};
+use common::{payload, put, replay_all, small_options, Env};
 use doublewrite::io::sim::{Fault, FaultPlan, FaultPoint, Op, SimRng, SimVfs, TearPolicy};
 use doublewrite::{Protection, ProtectionState, Wal, WalOptions};
 
@@ -465,10 +465,9 @@ fn a_failed_sync_during_a_rescue_roll_loses_nothing() {
 /// cannot be placed without landing on the last one's pages when that sits mid-ring.
 fn tight_ring() -> WalOptions {
     WalOptions {
-        segment_size_bytes: 256 * 1024,
         dwb_capacity: Some(3),
         dwb_max_record_bytes: Some(2048),
-        ..WalOptions::default()
+        ..small_options()
     }
 }
 

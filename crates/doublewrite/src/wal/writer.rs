@@ -600,11 +600,9 @@ impl Writer {
                 return Ok(None);
             }
             // A padded commit leaves no partial block: nothing of its own to copy, and
-            // the at-risk copies of the last flush (held: checked above) stay untouched.
-            // (Nothing is staged here: `next_flush_spares_last` then says the last flush
-            // stands, with nothing to erase.)
+            // the at-risk copies of the last flush, where it stands, stay untouched.
             let padded =
-                padding > 0 && self.options.weakness.is_none() && dwb.next_flush_spares_last();
+                padding > 0 && self.options.weakness.is_none() && self.last_flush_holds_tail(dwb);
             let restaged: &[RecordSpan] = if padded { &[] } else { &at_risk };
             match self.stage_copies(dwb, restaged, base, &body, &spans, true) {
                 Ok(covers) => covers_tail = covers,
@@ -915,13 +913,7 @@ impl Writer {
                 Protected::NeedsFreshSegment
             });
         };
-        // The last flush holds the at-risk copies, durable and intact: nothing failed or
-        // was retracted since (no erase pending; see `next_flush_spares_last`).
-        let copies_held = at_risk.is_empty()
-            || (self.tail_copied
-                && pads
-                && dwb.pending_records() == 0
-                && dwb.next_flush_spares_last());
+        let copies_held = at_risk.is_empty() || (pads && self.last_flush_holds_tail(dwb));
         if !mirror_own && copies_held {
             return Ok(Protected::Done);
         }
@@ -965,6 +957,13 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Whether the last flush stands with a copy of every tail record: durable and intact
+    /// (no flush failed or was retracted since, nothing waits to be erased) and nothing
+    /// staged to go over it. A commit that writes no DWB can then rewrite the tail block.
+    fn last_flush_holds_tail(&self, dwb: &DoubleWriteBuffer) -> bool {
+        self.tail_copied && dwb.pending_records() == 0 && dwb.next_flush_spares_last()
     }
 
     /// Whether one flush can hold copies of the at-risk records. Only a tail recovered from
