@@ -874,7 +874,7 @@ export interface WalStats {
   readonly dwbBytesWritten: bigint
   readonly walSyncs: bigint
   readonly dwbSyncs: bigint
-  /** DWB syncs that ran alongside their commit's WAL sync rather than before its WAL write (`'mirror'`: all but a session's first commit and the rare one whose copies would land on the previous commit's; a commit padded to a block boundary has no DWB sync). */
+  /** DWB syncs that ran alongside their commit's WAL sync rather than before its WAL write (`'mirror'`: all but a session's first commit and the rare one whose copies would land on the previous commit's; a commit padded to a block boundary while the last flush stands has no DWB sync). */
   readonly overlappedSyncs: bigint
   /** Commits the kernel completed on its own (`kernelCompletion`); each is also a WAL sync. */
   readonly durableCommits: bigint
@@ -888,7 +888,7 @@ export interface WalStats {
 export interface IoStatus {
   /** Segments are written with O_DIRECT (`directIo`, or the default where the file system takes it). */
   readonly directIo: boolean
-  /** An awaited append that finds the WAL idle commits on the JS thread through the kernel (`kernelCompletion`). */
+  /** An awaited append that finds the WAL idle commits on the JS thread through the kernel (`kernelCompletion`): needs O_DIRECT segments and, under `'mirror'`, an O_DIRECT DWB. */
   readonly kernelCompletion: boolean
   /** The DWB's mode as opened (`dwbMode`, or the default). */
   readonly dwbMode: DwbMode

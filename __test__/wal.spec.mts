@@ -594,6 +594,9 @@ for (const tailProtection of ['pad', 'mirror'] as const) {
       await other.append(RecordType.Put, bytesOf('y'))
       t.is(other.io.dwbMode, 'buffered')
       if (options.directIo === false) t.deepEqual(other.io, { directIo: false, kernelCompletion: false, dwbMode: 'buffered' })
+      // `io` reports the kernel path only where a commit can take it: not 'mirror' with a
+      // buffered DWB, whose copies cannot join the submission.
+      else t.is(other.io.kernelCompletion, tailProtection === 'pad' && chosen)
       // ('pad' writes no DWB per commit, so its buffered DWB changes nothing.)
       if (options.directIo === false || tailProtection === 'mirror') t.is(other.stats.durableCommits, 0n)
     }

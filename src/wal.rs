@@ -45,10 +45,12 @@ use crate::uv::ReadyWatch;
 /// Options of `NativeWal.open`; absent fields take the core's defaults.
 #[napi(object)]
 pub struct WalOpenOptions {
-    /// `'off'`, `'buffered'` or `'direct'`; default: `'direct'` with `directIo`, else `'buffered'`.
+    /// `'off'`, `'buffered'` or `'direct'`; default: `'direct'` with `directIo: true`;
+    /// without `directIo`, `'direct'` under `'mirror'` where the file system takes O_DIRECT;
+    /// else `'buffered'`.
     pub dwb_mode: Option<String>,
-    /// Open segments with O_DIRECT. Default: with `tailProtection: 'pad'`, where the
-    /// directory's file system takes it; otherwise `false`.
+    /// Open segments with O_DIRECT. Default: where the directory's file system takes it
+    /// (and reports its alignment), either tail protection; buffered elsewhere.
     pub direct_io: Option<bool>,
     /// Size of a new segment in bytes.
     pub segment_size: Option<f64>,

@@ -644,6 +644,10 @@ impl Wal {
             torn_tail_bytes: recovered.torn_tail_bytes,
             duration: started.elapsed(),
         };
+        // Under `'mirror'` a buffered DWB's copies cannot join a kernel submission, so the
+        // writer would never use the channel: open none (and `io` reports none).
+        let kernel_usable = !(options.tail_protection == TailProtection::Mirror
+            && dwb.as_ref().is_some_and(|d| d.mode() != DwbMode::Direct));
         let writer = Writer::new(
             vfs.clone(),
             dir,
@@ -654,7 +658,11 @@ impl Wal {
             lock_file,
             keys.clone(),
         )?;
-        let channel = if options.kernel_completion && options.direct_io && !options.weakened() {
+        let channel = if options.kernel_completion
+            && options.direct_io
+            && kernel_usable
+            && !options.weakened()
+        {
             vfs.durable_writes()
         } else {
             None
