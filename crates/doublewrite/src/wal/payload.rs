@@ -8,7 +8,8 @@
 
 use std::fmt;
 use std::ops::{Deref, Range};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 
 /// A buffer that the payloads of several records share (see [`Payload::shared`]).
 pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
@@ -132,7 +133,8 @@ impl fmt::Debug for Payload {
 // hold a burst's memory. A new buffer of at least `MIN_POPULATED_BYTES` has its pages
 // populated in one call before the copy (`io::populate_for_write`), instead of one page
 // fault per 4 KiB as the copy first touches memory the allocator got fresh from the kernel
-// (docs/PERFORMANCE.md §6).
+// (docs/PERFORMANCE.md §6). And once a copy finds no free buffer its size, a thread of
+// its own populates the next ones ahead of need (`fill_ahead`).
 
 /// Free buffers kept, at most.
 const MAX_POOLED: usize = 64;
@@ -149,6 +151,8 @@ const MIN_POOLED_BYTES: usize = 16 << 10;
 /// up to ~1 MiB: `STAGE_FLUSH_BYTES` in index.ts). Below it, the call would cost more than
 /// the few page faults it saves.
 const MIN_POPULATED_BYTES: usize = 256 << 10;
+/// Free buffers of a burst's size that the filler keeps ready, at most.
+const FILLED_AHEAD: usize = 4;
 
 /// An empty buffer that can hold `len` bytes.
 fn new_buffer(len: usize) -> Vec<u8> {
@@ -164,6 +168,8 @@ struct Pool {
     free: Vec<Vec<u8>>,
     /// Pooled copies handed out and not yet dropped.
     lent: usize,
+    /// The size of buffer the filler should have ready (0: none wanted).
+    wanted: usize,
 }
 
 impl Pool {
@@ -174,6 +180,16 @@ impl Pool {
             .iter()
             .rposition(|buffer| buffer.capacity() >= len)?;
         Some(self.free.remove(newest_fit))
+    }
+
+    /// Whether the filler should add a buffer of `len` bytes: fewer than `FILLED_AHEAD`
+    /// free ones fit it, and one more stays within the bounds `trim` keeps.
+    fn needs_fill(&self, len: usize) -> bool {
+        let fits = self.free.iter().filter(|b| b.capacity() >= len).count();
+        let bytes: usize = self.free.iter().map(Vec::capacity).sum();
+        fits < FILLED_AHEAD
+            && self.free.len() < MAX_POOLED.min(self.lent + KEPT_SPARE)
+            && bytes + len <= MAX_POOLED_BYTES
     }
 
     /// Takes out the oldest free buffers beyond the bounds (the newest were touched last,
@@ -194,7 +210,61 @@ impl Pool {
 static POOL: Mutex<Pool> = Mutex::new(Pool {
     free: Vec::new(),
     lent: 0,
+    wanted: 0,
 });
+
+/// Wakes the filler (waits with `POOL`'s lock).
+static FILL: Condvar = Condvar::new();
+/// Whether copies ask the filler for buffers (off only in this file's test of the bounds).
+static FILL_AHEAD: AtomicBool = AtomicBool::new(true);
+static FILLER: Once = Once::new();
+
+/// The filler: while a burst of large copies runs, it populates the next buffers on its
+/// own thread, so the copying thread (the JS thread, in the binding) finds them ready
+/// instead of paying for fresh pages itself (~3 µs per 4 KiB on the development VM;
+/// docs/PERFORMANCE.md §6). Best effort: a copy that finds none populates its own.
+fn fill_ahead() {
+    let mut guard = pool();
+    loop {
+        while guard.wanted == 0 {
+            guard = FILL
+                .wait(guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        let len = guard.wanted;
+        if !guard.needs_fill(len) {
+            guard.wanted = 0;
+            continue;
+        }
+        // Populate outside the lock: copies and drops go on meanwhile.
+        drop(guard);
+        let buffer = new_buffer(len);
+        guard = pool();
+        if guard.needs_fill(len) {
+            guard.free.push(buffer);
+        } else {
+            // Copies were returned meanwhile: not needed after all.
+            drop(guard);
+            drop(buffer);
+            guard = pool();
+        }
+    }
+}
+
+/// Asks the filler for buffers of `len` bytes (the caller holds `POOL`'s lock).
+fn want(pool: &mut Pool, len: usize) {
+    if len < MIN_POPULATED_BYTES || !FILL_AHEAD.load(Ordering::Relaxed) || !pool.needs_fill(len) {
+        return;
+    }
+    FILLER.call_once(|| {
+        // Without the thread every copy populates its own buffer, as before.
+        let _ = std::thread::Builder::new()
+            .name("doublewrite-fill".into())
+            .spawn(fill_ahead);
+    });
+    pool.wanted = len;
+    FILL.notify_one();
+}
 
 fn pool() -> MutexGuard<'static, Pool> {
     POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -237,7 +307,12 @@ pub fn pooled_copy(bytes: &[u8]) -> SharedBytes {
     let reused = {
         let mut pool = pool();
         pool.lent += 1;
-        pool.take(bytes.len())
+        let reused = pool.take(bytes.len());
+        if reused.is_none() {
+            // The pool is short of buffers this size: a burst is outgrowing it.
+            want(&mut pool, bytes.len());
+        }
+        reused
     };
     let mut buffer = reused.unwrap_or_else(|| new_buffer(bytes.len()));
     buffer.clear();
@@ -303,6 +378,8 @@ mod tests {
     /// calls are tested from JavaScript), so no other test races its counts.
     #[test]
     fn the_pool_reuses_returned_buffers_within_its_bounds() {
+        // The exact counts below need no filler adding buffers; it is checked at the end.
+        FILL_AHEAD.store(false, Ordering::Relaxed);
         let size = MIN_POOLED_BYTES;
         let fill = |n: u8| vec![n; size];
 
@@ -396,5 +473,40 @@ mod tests {
         assert!(pool_now.free.iter().map(Vec::capacity).sum::<usize>() <= MAX_POOLED_BYTES);
         drop(pool_now);
         drop(big);
+
+        // The filler: a large copy that finds no free buffer it fits has the next ones
+        // populated on another thread while copies are lent, up to FILLED_AHEAD, and the
+        // next copy takes one of them.
+        FILL_AHEAD.store(true, Ordering::Relaxed);
+        pool().free.clear();
+        let len = MIN_POPULATED_BYTES;
+        let fits = || pool().free.iter().filter(|b| b.capacity() >= len).count();
+        let first = pooled_copy(&large(6, len));
+        let started = std::time::Instant::now();
+        let mut seen = 0;
+        while started.elapsed() < std::time::Duration::from_secs(10) {
+            let now = fits();
+            assert!(now <= FILLED_AHEAD, "{now} buffers filled ahead");
+            if now == seen && now > 0 && started.elapsed() > std::time::Duration::from_millis(200) {
+                break;
+            }
+            seen = now;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(seen >= 1, "the filler prepared no buffer within 10 s");
+        let pool_now = pool();
+        assert!(
+            pool_now.free.len() <= pool_now.lent + KEPT_SPARE,
+            "within trim's bound"
+        );
+        let filled: Vec<*const u8> = pool_now.free.iter().map(Vec::as_ptr).collect();
+        drop(pool_now);
+        let second = pooled_copy(&large(7, len));
+        assert_eq!((*second).as_ref(), &large(7, len)[..]);
+        assert!(
+            filled.contains(&address(&second)),
+            "a filled buffer is reused"
+        );
+        drop((first, second));
     }
 }
