@@ -153,6 +153,9 @@ const MIN_POOLED_BYTES: usize = 16 << 10;
 const MIN_POPULATED_BYTES: usize = 256 << 10;
 /// Free buffers of a burst's size that the filler keeps ready, at most.
 const FILLED_AHEAD: usize = 4;
+/// The filler sizes its buffers up to a multiple of this, with this much room to spare: a
+/// tick's copies vary by a record's length around the binding's ~1 MiB.
+const FILL_GRAIN: usize = 64 << 10;
 
 /// An empty buffer that can hold `len` bytes.
 fn new_buffer(len: usize) -> Vec<u8> {
@@ -182,12 +185,14 @@ impl Pool {
         Some(self.free.remove(newest_fit))
     }
 
-    /// Whether the filler should add a buffer of `len` bytes: fewer than `FILLED_AHEAD`
-    /// free ones fit it, and one more stays within the bounds `trim` keeps.
+    /// Whether the filler should add a buffer of `len` bytes: the pool would keep one that
+    /// large, fewer than `FILLED_AHEAD` free ones fit it, and one more stays within the
+    /// bounds `trim` keeps.
     fn needs_fill(&self, len: usize) -> bool {
         let fits = self.free.iter().filter(|b| b.capacity() >= len).count();
         let bytes: usize = self.free.iter().map(Vec::capacity).sum();
-        fits < FILLED_AHEAD
+        len <= MAX_POOLED_CAPACITY
+            && fits < FILLED_AHEAD
             && self.free.len() < MAX_POOLED.min(self.lent + KEPT_SPARE)
             && bytes + len <= MAX_POOLED_BYTES
     }
@@ -251,8 +256,14 @@ fn fill_ahead() {
     }
 }
 
-/// Asks the filler for buffers of `len` bytes (the caller holds `POOL`'s lock).
+/// Asks the filler for buffers that hold `len` bytes (the caller holds `POOL`'s lock): of
+/// `len` rounded up with room to spare, so the next copies of about that size fit them too;
+/// never of a size the pool would not keep.
 fn want(pool: &mut Pool, len: usize) {
+    let len = (len + FILL_GRAIN)
+        .next_multiple_of(FILL_GRAIN)
+        .min(MAX_POOLED_CAPACITY)
+        .max(len);
     if len < MIN_POPULATED_BYTES || !FILL_AHEAD.load(Ordering::Relaxed) || !pool.needs_fill(len) {
         return;
     }
@@ -483,17 +494,18 @@ mod tests {
         let fits = || pool().free.iter().filter(|b| b.capacity() >= len).count();
         let first = pooled_copy(&large(6, len));
         let started = std::time::Instant::now();
-        let mut seen = 0;
-        while started.elapsed() < std::time::Duration::from_secs(10) {
+        let mut idle = false;
+        while !idle && started.elapsed() < std::time::Duration::from_secs(10) {
             let now = fits();
             assert!(now <= FILLED_AHEAD, "{now} buffers filled ahead");
-            if now == seen && now > 0 && started.elapsed() > std::time::Duration::from_millis(200) {
-                break;
-            }
-            seen = now;
+            // Done once it filled some and has gone back to waiting.
+            idle = now > 0 && pool().wanted == 0;
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert!(seen >= 1, "the filler prepared no buffer within 10 s");
+        assert!(
+            idle,
+            "the filler did not fill buffers and go idle within 10 s"
+        );
         let pool_now = pool();
         assert!(
             pool_now.free.len() <= pool_now.lent + KEPT_SPARE,
@@ -507,6 +519,23 @@ mod tests {
             filled.contains(&address(&second)),
             "a filled buffer is reused"
         );
-        drop((first, second));
+        // A copy a little longer fits the filled buffers too (they have room to spare).
+        let third = pooled_copy(&large(8, len + 100));
+        assert!(
+            filled.contains(&address(&third)),
+            "a filled buffer holds a longer copy"
+        );
+        drop((first, second, third));
+        // A copy larger than the pool keeps asks for nothing: no buffer that size is filled.
+        pool().free.clear();
+        let huge = pooled_copy(&large(9, MAX_POOLED_CAPACITY + 1));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(
+            pool().free.len(),
+            0,
+            "nothing filled for a copy the pool would free"
+        );
+        assert_eq!(pool().wanted, 0);
+        drop(huge);
     }
 }
