@@ -260,11 +260,14 @@ fn fill_ahead() {
 /// `len` rounded up with room to spare, so the next copies of about that size fit them too;
 /// never of a size the pool would not keep.
 fn want(pool: &mut Pool, len: usize) {
+    if len < MIN_POPULATED_BYTES || !FILL_AHEAD.load(Ordering::Relaxed) {
+        return;
+    }
     let len = (len + FILL_GRAIN)
         .next_multiple_of(FILL_GRAIN)
         .min(MAX_POOLED_CAPACITY)
         .max(len);
-    if len < MIN_POPULATED_BYTES || !FILL_AHEAD.load(Ordering::Relaxed) || !pool.needs_fill(len) {
+    if !pool.needs_fill(len) {
         return;
     }
     FILLER.call_once(|| {
