@@ -109,6 +109,11 @@ export function makeContestant(id, { packageDir }) {
   }
 }
 
+/** Our WAL with any `Wal.open` options (experiments outside the benchmark's configurations). */
+export function makeOurs(id, options, { packageDir }) {
+  return ours(id, options, packageDir)
+}
+
 function ours(id, options, packageDir) {
   const { api } = loadPackage(packageDir)
   const { Wal, RecordType } = api

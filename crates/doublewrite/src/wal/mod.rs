@@ -644,10 +644,6 @@ impl Wal {
             torn_tail_bytes: recovered.torn_tail_bytes,
             duration: started.elapsed(),
         };
-        // Under `'mirror'` a buffered DWB's copies cannot join a kernel submission, so the
-        // writer would never use the channel: open none (and `io` reports none).
-        let kernel_usable = !(options.tail_protection == TailProtection::Mirror
-            && dwb.as_ref().is_some_and(|d| d.mode() != DwbMode::Direct));
         let writer = Writer::new(
             vfs.clone(),
             dir,
@@ -658,11 +654,8 @@ impl Wal {
             lock_file,
             keys.clone(),
         )?;
-        let channel = if options.kernel_completion
-            && options.direct_io
-            && kernel_usable
-            && !options.weakened()
-        {
+        // None where no commit could use it (`io` then reports none).
+        let channel = if options.kernel_completion && writer.takes_durable_writes() {
             vfs.durable_writes()
         } else {
             None

@@ -554,8 +554,7 @@ impl Writer {
         let lsn_space_left = crate::record::MAX_LSN
             .saturating_sub(first_lsn)
             .saturating_add(1);
-        let simple = self.options.direct_io
-            && !self.options.weakened()
+        let simple = self.takes_durable_writes()
             && !self.durable_refused
             && self.durable_buf.is_some()
             && !self.fresh_segment_needed
@@ -567,13 +566,13 @@ impl Writer {
         }
         let base = self.active.end;
         let at_risk = self.at_risk(base);
-        // `'mirror'` with a working DWB copies every commit's last-block records: only a
-        // direct-I/O DWB can take its write through the channel.
+        // `'mirror'` with a working DWB copies every commit's last-block records (its DWB is
+        // direct: `takes_durable_writes`).
         let mirror_dwb = match &self.dwb {
             Some(dwb)
                 if self.options.tail_protection == TailProtection::Mirror && !self.dwb_failed =>
             {
-                if dwb.mode() != crate::DwbMode::Direct || dwb.pending_records() > 0 {
+                if dwb.pending_records() > 0 {
                     return Ok(None);
                 }
                 Some(dwb)
@@ -957,6 +956,16 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Whether a commit can ever go through a [`DurableWrites`] channel: `O_DIRECT`
+    /// segments, no weakened control, and under `'mirror'` an `O_DIRECT` DWB (a buffered
+    /// DWB's copies cannot join the submission). [`Wal::open`](super::Wal::open) opens a
+    /// channel only where this holds.
+    pub(crate) fn takes_durable_writes(&self) -> bool {
+        let buffered_mirror = self.options.tail_protection == TailProtection::Mirror
+            && (self.dwb.as_ref()).is_some_and(|d| d.mode() != crate::DwbMode::Direct);
+        self.options.direct_io && !self.options.weakened() && !buffered_mirror
     }
 
     /// Whether the last flush stands with a copy of every tail record: durable and intact
